@@ -1,0 +1,127 @@
+"""The converter contract.
+
+A converter is a pure reader. `list_items` walks a dataset's raw folder and names its samples
+cheaply (paths and small metadata only), so the build can index a dataset without decoding it;
+`read_item` decodes one item into one or more samples (a volume or video yields many). Neither
+knows about ids, output formats, splits or cleaning: those belong to the corpus build.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import numpy as np
+
+from us43d.errors import ConversionError, RegistryError
+from us43d.registry.schema import DatasetEntry
+
+TEST = "test"
+
+
+@dataclass(frozen=True)
+class Item:
+    """One unit of work: usually an image and its mask, or one volume."""
+
+    key: str
+    files: tuple[str, ...]  # relative to the raw folder; the first is reported as the source file
+    group: str | None = None
+    split: str | None = None  # "test" for an official test split, else None
+    meta: Mapping[str, Any] = field(default_factory=dict)
+    # A problem found while listing (an image without its mask, a mask without its image): the
+    # item is reported as failed with this reason and never read, so one orphan file does not
+    # stop the listing of a whole dataset.
+    problem: str | None = None
+
+    @property
+    def source_file(self) -> str:
+        return self.files[0]
+
+
+@dataclass
+class Sample:
+    """One 2D image and its annotation, as the source defines it.
+
+    Exactly one of `label_map` (an integer map whose values `label_names` names; every
+    connected component of a value becomes an instance) or `instances` (category name and
+    boolean mask, each already one instance) is set.
+    """
+
+    key: str
+    image: np.ndarray
+    source_file: str
+    label_map: np.ndarray | None = None
+    label_names: Mapping[int, str] = field(default_factory=dict)
+    instances: list[tuple[str, np.ndarray]] | None = None
+    group: str | None = None
+    split: str | None = None
+    frame: int | None = None
+    lossy: bool = False  # decoded from a lossy format: background is "near zero", not zero
+
+    def __post_init__(self) -> None:
+        if (self.label_map is None) == (self.instances is None):
+            raise ValueError("a Sample carries either a label_map or instances, not both or neither")
+
+
+ListItems = Callable[[Path, DatasetEntry], Iterable[Item]]
+ReadItem = Callable[[Path, Item, DatasetEntry], Iterable[Sample]]
+
+
+@dataclass(frozen=True)
+class Converter:
+    name: str
+    module: ModuleType
+    list_items: ListItems
+    read_item: ReadItem
+
+
+def load_converter(name: str) -> Converter:
+    """Built-in converters are named by module (`bus_bra`); private ones by dotted path."""
+    module_name = name if "." in name else f"us43d.converters.{name}"
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as exc:
+        raise RegistryError(f"converter '{name}' not found (no module {module_name})") from exc
+    missing = [attr for attr in ("list_items", "read_item") if not callable(getattr(module, attr, None))]
+    if missing:
+        raise RegistryError(f"converter '{name}' ({module_name}) lacks {', '.join(missing)}")
+    return Converter(name, module, module.list_items, module.read_item)
+
+
+def locate_root(raw: Path, marker: str) -> Path:
+    """The folder holding `marker`: the raw folder itself, or the one folder wrapping it.
+
+    Archives often wrap everything in a single top folder (a repository archive, a title
+    folder); one such level is tolerated so users can extract archives as they come.
+    """
+    if (raw / marker).exists():
+        return raw
+    children = [p for p in raw.iterdir() if p.is_dir() and not p.name.startswith((".", "__MACOSX"))] if raw.is_dir() else []
+    if len(children) == 1 and (children[0] / marker).exists():
+        return children[0]
+    raise ConversionError(f"expected '{marker}' in the raw folder (or in its single top folder)", source_file=str(raw))
+
+
+def relative(raw: Path, path: Path) -> str:
+    return path.relative_to(raw).as_posix()
+
+
+def pair_files(
+    raw: Path, images: Mapping[str, Path], masks: Mapping[str, Path]
+) -> Iterator[tuple[str, tuple[str, ...], str | None]]:
+    """Pair images and masks that share a key: (key, files relative to raw, problem).
+
+    An image without a mask, or a mask without an image, comes out with a problem instead of
+    being dropped silently, so the build reports it.
+    """
+    for key in sorted(images.keys() | masks.keys()):
+        if key not in images:
+            yield key, (relative(raw, masks[key]),), "mask has no matching image"
+        elif key not in masks:
+            yield key, (relative(raw, images[key]),), "image has no matching mask"
+        else:
+            yield key, (relative(raw, images[key]), relative(raw, masks[key])), None

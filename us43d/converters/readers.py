@@ -1,0 +1,306 @@
+"""Shared readers: the pixel work every converter needs, done once and done carefully.
+
+Every function raises `ConversionError` naming the file it was reading, so a converter never
+has to wrap calls in its own error handling.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from us43d.errors import ConversionError
+
+LOSSY_FORMATS = frozenset({"JPEG", "MPO", "WEBP"})
+# A binary mask is refused when more than this share of its non-zero pixels are neither 0 nor
+# the full value: anti-aliased edges stay well below it, noise or a grey image goes above.
+MAX_INTERMEDIATE_SHARE = 0.5
+# Masks stored at another size are resized only when their aspect ratio matches the image's.
+MAX_ASPECT_MISMATCH = 0.02
+
+
+@dataclass(frozen=True)
+class DecodedImage:
+    pixels: np.ndarray  # (H, W) uint8/uint16 or (H, W, 3) uint8
+    lossy: bool
+    format: str | None
+
+
+def _fail(path: Path | str, reason: str) -> ConversionError:
+    return ConversionError(reason, source_file=str(path))
+
+
+def _open(path: Path) -> Image.Image:
+    if not path.is_file():
+        raise _fail(path, "file is missing")
+    try:
+        image = Image.open(path)
+        image.load()
+    except Image.DecompressionBombError as exc:
+        raise _fail(path, f"image is implausibly large ({exc})") from exc
+    except (OSError, SyntaxError, ValueError) as exc:
+        raise _fail(path, f"cannot decode image ({exc})") from exc
+    if image.width == 0 or image.height == 0:
+        raise _fail(path, "image has no pixels")
+    return image
+
+
+def _as_array(image: Image.Image, path: Path) -> np.ndarray:
+    """Pixels in a PNG-storable layout, values untouched wherever the mode allows it."""
+    mode = image.mode
+    if mode in ("L", "RGB"):
+        return np.asarray(image)
+    if mode in ("I;16", "I;16L", "I;16B", "I;16N"):
+        return np.asarray(image).astype(np.uint16, copy=False)
+    if mode == "1":
+        return np.asarray(image.convert("L"))
+    if mode == "LA":
+        return np.asarray(image.getchannel("L"))
+    if mode in ("RGBA", "RGBX", "CMYK", "YCbCr", "LAB", "HSV"):
+        return np.asarray(image.convert("RGB"))
+    if mode in ("P", "PA"):
+        rgb = np.asarray(image.convert("RGB"))
+        if (rgb[..., 0] == rgb[..., 1]).all() and (rgb[..., 1] == rgb[..., 2]).all():
+            return np.ascontiguousarray(rgb[..., 0])
+        return rgb
+    if mode == "I":
+        values = np.asarray(image)
+        if values.min() >= 0 and values.max() <= 65535:
+            return values.astype(np.uint16)
+        raise _fail(path, "32-bit image with values outside 0..65535")
+    raise _fail(path, f"unsupported image mode {mode}")
+
+
+def read_image(path: Path) -> DecodedImage:
+    """Decode an image file (8/16-bit grey, palette, RGB(A)) without changing its values."""
+    with _open(path) as image:
+        return DecodedImage(_as_array(image, path), image.format in LOSSY_FORMATS, image.format)
+
+
+def read_mask_values(path: Path) -> np.ndarray:
+    """A mask file as a 2D array of raw values (colour masks reduced by their channel maximum)."""
+    with _open(path) as image:
+        values = _as_array(image, path)
+    return values.max(axis=2) if values.ndim == 3 else values
+
+
+def _full_value(values: np.ndarray) -> int:
+    return 65535 if values.dtype == np.uint16 else 255
+
+
+def _check_resize(path: Path | str, mask_shape: tuple[int, ...], shape: tuple[int, int], allow: bool) -> None:
+    if tuple(mask_shape[:2]) == tuple(shape):
+        return
+    (mh, mw), (h, w) = mask_shape[:2], shape
+    if not allow:
+        raise _fail(path, f"mask is {mw}x{mh} but its image is {w}x{h}")
+    if abs(mw / mh - w / h) > MAX_ASPECT_MISMATCH * (w / h):
+        raise _fail(path, f"mask is {mw}x{mh}, image {w}x{h}: aspect ratios differ, refusing to resize")
+
+
+def binary_mask(
+    values: np.ndarray, shape: tuple[int, int], path: Path | str, allow_resize: bool = False
+) -> np.ndarray:
+    """Foreground of a binary-looking mask, at the image's size.
+
+    A mask with a single non-zero value is foreground wherever it has that value (0/1, 0/255,
+    0/128 all work). Otherwise it is thresholded at half range, so anti-aliased and JPEG
+    masks work; a mask whose non-zero pixels are mostly neither 0 nor full is refused as not
+    binary rather than guessed at. A mask of another size (same aspect ratio) is resized as
+    coverage and thresholded at one half, when the caller allows it.
+    """
+    if values.ndim != 2:
+        raise _fail(path, f"mask has shape {values.shape}, expected a 2D array")
+    _check_resize(path, values.shape, shape, allow_resize)
+    nonzero = values > 0
+    n_nonzero = int(np.count_nonzero(nonzero))
+    if values.dtype == bool or n_nonzero == 0:
+        coverage = nonzero
+    else:
+        present = np.unique(values[nonzero])
+        if present.size == 1:
+            coverage = nonzero
+        else:
+            full = _full_value(values)
+            intermediate = n_nonzero - int(np.count_nonzero(values == full))
+            if intermediate > MAX_INTERMEDIATE_SHARE * n_nonzero:
+                raise _fail(
+                    path,
+                    f"mask values are not binary: {intermediate} of {n_nonzero} non-zero pixels are "
+                    f"neither 0 nor {full} ({present.size} distinct values)",
+                )
+            coverage = values > full / 2
+    if coverage.shape == tuple(shape):
+        return coverage
+    resized = Image.fromarray(coverage.astype(np.float32)).resize((shape[1], shape[0]), Image.Resampling.BILINEAR if coverage.shape[0] < shape[0] else Image.Resampling.BOX)
+    return np.asarray(resized) > 0.5
+
+
+def read_binary_mask(path: Path, shape: tuple[int, int], allow_resize: bool = False) -> np.ndarray:
+    return binary_mask(read_mask_values(path), shape, path, allow_resize)
+
+
+def label_map(
+    values: np.ndarray,
+    shape: tuple[int, int],
+    allowed: Sequence[int],
+    path: Path | str,
+    allow_resize: bool = False,
+) -> np.ndarray:
+    """An integer label map whose values must all be in `allowed` (0 is always allowed)."""
+    if values.ndim != 2:
+        raise _fail(path, f"label map has shape {values.shape}, expected a 2D array")
+    if not np.issubdtype(values.dtype, np.integer) and values.dtype != bool:
+        if not np.isfinite(values).all():
+            raise _fail(path, "label map holds NaN or infinite values")
+        if not np.array_equal(values, np.round(values)):
+            raise _fail(path, "label map holds non-integer values")
+    values = values.astype(np.int32, copy=False)
+    unexpected = sorted(set(np.unique(values).tolist()) - {0, *allowed})
+    if unexpected:
+        raise _fail(path, f"label map holds unexpected values {unexpected[:10]} (expected {sorted({0, *allowed})})")
+    _check_resize(path, values.shape, shape, allow_resize)
+    if values.shape != tuple(shape):
+        values = np.asarray(Image.fromarray(values).resize((shape[1], shape[0]), Image.Resampling.NEAREST))
+    return values
+
+
+def read_label_map(path: Path, shape: tuple[int, int], allowed: Sequence[int], allow_resize: bool = False) -> np.ndarray:
+    return label_map(read_mask_values(path), shape, allowed, path, allow_resize)
+
+
+def read_colour_mask(
+    path: Path,
+    shape: tuple[int, int],
+    colours: Mapping[tuple[int, int, int], int],
+    tolerance: int = 0,
+    max_unmatched_share: float = 0.01,
+) -> np.ndarray:
+    """Label map from a colour-coded mask; black is background.
+
+    With a tolerance, each pixel takes the label of a colour within that distance per channel
+    (for JPEG-compressed colour masks). More than `max_unmatched_share` of pixels matching no
+    colour means the colour table is wrong for this file, which is an error, not background.
+    """
+    with _open(path) as image:
+        rgb = np.asarray(image.convert("RGB")).astype(np.int16)
+    _check_resize(path, rgb.shape, shape, allow=False)
+    labels = np.zeros(rgb.shape[:2], dtype=np.int32)
+    matched = (np.abs(rgb).max(axis=2) <= tolerance)
+    for colour, value in colours.items():
+        hit = np.abs(rgb - np.asarray(colour, dtype=np.int16)).max(axis=2) <= tolerance
+        labels[hit & ~matched] = value
+        matched |= hit
+    unmatched = int(np.count_nonzero(~matched))
+    if unmatched > max_unmatched_share * matched.size:
+        raise _fail(path, f"{unmatched} pixels match none of the colours {sorted(colours)}")
+    return labels
+
+
+def polygons_to_mask(polygons: Sequence[Sequence[float]], height: int, width: int, path: Path | str) -> np.ndarray:
+    """Rasterise COCO-style polygons ([x0, y0, x1, y1, ...]) into one boolean mask."""
+    from pycocotools import mask as mask_utils
+
+    rings = [list(map(float, p)) for p in polygons if len(p) >= 6 and len(p) % 2 == 0]
+    if not rings:
+        raise _fail(path, "polygon with fewer than three points")
+    rles = mask_utils.frPyObjects(rings, height, width)
+    return mask_utils.decode(mask_utils.merge(rles)).astype(bool)
+
+
+# --- volumes and videos ---------------------------------------------------------------------
+
+_AXIS_LETTERS = {"sagittal": "LR", "coronal": "AP", "axial": "SI"}
+
+
+@dataclass(frozen=True)
+class Volume:
+    """Voxels in (i, j, k) index order with the anatomical code of each axis (RAS letters)."""
+
+    array: np.ndarray
+    axcodes: tuple[str, ...]
+
+    def axis_of(self, view: str) -> int:
+        """Array axis to index for slices of a named view; `frames` is the last axis."""
+        if view == "frames":
+            return self.array.ndim - 1
+        letters = _AXIS_LETTERS[view]
+        for axis, code in enumerate(self.axcodes):
+            if code in letters:
+                return axis
+        raise ValueError(f"no {view} axis in orientation {self.axcodes}")
+
+
+def read_volume(path: Path) -> Volume:
+    """NIfTI through nibabel; MetaImage, NRRD and the rest through SimpleITK."""
+    if not path.is_file():
+        raise _fail(path, "file is missing")
+    name = path.name.lower()
+    try:
+        if name.endswith((".nii", ".nii.gz")):
+            import nibabel as nib
+
+            image = nib.load(str(path))
+            array = np.asanyarray(image.dataobj)
+            axcodes = tuple(nib.aff2axcodes(image.affine))
+        else:
+            import SimpleITK as sitk
+
+            image = sitk.ReadImage(str(path))
+            array = sitk.GetArrayFromImage(image).T  # ITK's (k, j, i) back to (i, j, k)
+            direction = np.asarray(image.GetDirection()).reshape(image.GetDimension(), image.GetDimension())
+            axcodes = _itk_axcodes(direction)
+    except Exception as exc:  # both libraries raise a variety of types for a corrupt file
+        raise _fail(path, f"cannot read volume ({exc})") from exc
+    if np.issubdtype(array.dtype, np.floating) and not np.isfinite(array).all():
+        raise _fail(path, "volume holds NaN or infinite values")
+    return Volume(np.asarray(array), axcodes + ("T",) * (array.ndim - len(axcodes)))
+
+
+def _itk_axcodes(direction: np.ndarray) -> tuple[str, ...]:
+    # ITK directions are in LPS; flip the first two world axes to speak RAS like nibabel.
+    ras = direction.copy()
+    ras[:2] *= -1
+    codes = []
+    for axis in range(ras.shape[1]):
+        world = int(np.argmax(np.abs(ras[:, axis])))
+        positive = ras[world, axis] > 0
+        codes.append(("R", "A", "S")[world] if positive else ("L", "P", "I")[world] if world < 3 else "T")
+    return tuple(codes)
+
+
+def iter_slices(array: np.ndarray, axis: int) -> Iterator[tuple[int, np.ndarray]]:
+    """2D slices along one axis, with their index."""
+    for index in range(array.shape[axis]):
+        yield index, np.take(array, index, axis=axis)
+
+
+def to_storable(array: np.ndarray) -> np.ndarray:
+    """Integer data that fits 8 or 16 bits keeps its values; anything else is scaled to 8 bits.
+
+    Call it on a whole volume, not per slice, so every slice of a volume shares one scale.
+    """
+    if array.dtype == np.uint8 or array.dtype == np.uint16:
+        return array
+    if np.issubdtype(array.dtype, np.integer) or array.dtype == bool:
+        low, high = int(array.min()), int(array.max())
+        if low >= 0 and high <= 255:
+            return array.astype(np.uint8)
+        if low >= 0 and high <= 65535:
+            return array.astype(np.uint16)
+    values = array.astype(np.float64)
+    low, high = float(values.min()), float(values.max())
+    if high <= low:
+        return np.zeros(array.shape, dtype=np.uint8)
+    return np.round((values - low) * (255.0 / (high - low))).astype(np.uint8)
+
+
+def nonzero_mask(path: Path, shape: tuple[int, int]) -> np.ndarray:
+    """Foreground of a colour-coded mask whose colours carry no meaning: any non-zero pixel."""
+    values = read_mask_values(path)
+    _check_resize(path, values.shape, shape, allow=False)
+    return values > 0

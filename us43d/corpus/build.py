@@ -1,0 +1,416 @@
+"""The corpus build: raw folders in, validated corpus out.
+
+Per dataset: list items (cheap), convert them in worker processes (each writes its PNGs into a
+staging folder and sends back only a small record), then swap the staging folder in and write
+the dataset's state file. The state file is the one and only mark of "done": it is written
+last, so a build killed at any moment leaves nothing that a rerun would trust. A rerun skips a
+dataset whose raw files, converter code and registry entry are unchanged.
+
+When every requested dataset is done, splits are drawn and the COCO and Parquet files are
+written for every dataset the output folder holds.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import multiprocessing
+import os
+import platform
+import shutil
+import sys
+import time
+from collections import Counter
+from collections.abc import Iterable, Iterator, Sequence
+from concurrent.futures import Executor, ProcessPoolExecutor
+from dataclasses import asdict, dataclass, field
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+import us43d
+from us43d.converters.base import Item, load_converter
+from us43d.corpus import process
+from us43d.corpus.records import ImageRecord, ItemError, ItemResult
+from us43d.corpus.split import assign_splits
+from us43d.corpus.writers import DatasetInfo, SplitRecord, atomic_write_bytes, check_unique_ids, dump_json, write_coco, write_parquet
+from us43d.errors import ConversionError, CorpusError, RegistryError, Us43dError
+from us43d.registry.loader import Registry
+from us43d.registry.schema import DatasetEntry
+
+STATE_VERSION = 1
+_CODE_FILES = (
+    "converters/base.py",
+    "converters/readers.py",
+    "corpus/cleaning.py",
+    "corpus/instances.py",
+    "corpus/process.py",
+    "corpus/records.py",
+)
+
+
+@dataclass
+class BuildOptions:
+    workers: int = 1
+    strict: bool = False
+    seed: int = 0
+    force: bool = False
+    progress: bool = True
+
+
+@dataclass
+class DatasetReport:
+    dataset: str
+    items: int = 0
+    items_failed: int = 0
+    samples: int = 0
+    images: int = 0
+    instances: int = 0
+    dropped_without_instances: int = 0
+    small_instances_dropped: int = 0
+    cleaned_pixels: int = 0
+    seconds: float = 0.0
+    reused: bool = False
+    errors: list[dict[str, str]] = field(default_factory=list)
+
+
+@dataclass
+class BuildResult:
+    out: Path
+    reports: dict[str, DatasetReport]
+    errors: list[dict[str, str]]
+    split_counts: dict[str, dict[str, int]]
+
+    @property
+    def ok(self) -> bool:
+        return not self.errors
+
+
+class StrictStop(Us43dError):
+    """Raised in --strict mode at the first problem; the output keeps its last good state."""
+
+
+def state_dir(out: Path) -> Path:
+    return out / ".state"
+
+
+def _raw_folder(raw: Path, dataset_id: str) -> Path | None:
+    exact = raw / dataset_id
+    if exact.is_dir():
+        return exact
+    for child in raw.iterdir():
+        if child.is_dir() and child.name.lower() == dataset_id.lower():
+            return child
+    return None
+
+
+def _walk_files(root: Path) -> Iterator[os.DirEntry[str]]:
+    stack = [root]
+    while stack:
+        with os.scandir(stack.pop()) as entries:
+            for e in entries:
+                if e.is_dir(follow_symlinks=False):
+                    stack.append(Path(e.path))
+                elif e.is_file():
+                    yield e
+
+
+def fingerprint(entry: DatasetEntry, raw_dir: Path, seedless_options: dict[str, Any]) -> str:
+    """Hash of everything a dataset's output depends on: raw files (path, size, mtime), the
+    converter and shared reader code, the registry entry, and the package version."""
+    digest = hashlib.sha256()
+    digest.update(f"{us43d.__version__}\n{STATE_VERSION}\n".encode())
+    digest.update(json.dumps(entry.model_dump(mode="json"), sort_keys=True).encode())
+    digest.update(json.dumps(seedless_options, sort_keys=True).encode())
+    package = Path(us43d.__file__).parent
+    converter_file = Path(load_converter(entry.converter).module.__file__ or "")
+    for path in [package / rel for rel in _CODE_FILES] + [converter_file]:
+        digest.update(path.read_bytes())
+    listing = sorted(
+        (Path(e.path).relative_to(raw_dir).as_posix(), e.stat().st_size, e.stat().st_mtime_ns) for e in _walk_files(raw_dir)
+    )
+    digest.update(json.dumps(listing).encode())
+    return digest.hexdigest()
+
+
+def _read_state(out: Path, dataset_id: str) -> dict[str, Any] | None:
+    path = state_dir(out) / f"{dataset_id}.json"
+    if not path.is_file() or not (out / "images" / dataset_id).is_dir():
+        return None
+    try:
+        state = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+    return state if state.get("version") == STATE_VERSION else None
+
+
+def _executor(workers: int) -> Executor | None:
+    if workers <= 1:
+        return None
+    method = "forkserver" if "forkserver" in multiprocessing.get_all_start_methods() else "spawn"
+    context = multiprocessing.get_context(method)
+    if method == "forkserver":
+        context.set_forkserver_preload(["us43d.corpus.process"])
+    return ProcessPoolExecutor(max_workers=workers, mp_context=context)
+
+
+def _run_items(
+    executor: Executor | None, task: process.Task, items: Sequence[Item], workers: int
+) -> Iterator[ItemResult]:
+    work = partial(process.process_item, task)
+    if executor is None:
+        return map(work, items)
+    chunk = max(1, min(64, len(items) // (workers * 8) or 1))
+    return executor.map(work, items, chunksize=chunk)
+
+
+def _list_items(entry: DatasetEntry, raw_dir: Path) -> tuple[list[Item], list[ItemError]]:
+    converter = load_converter(entry.converter)
+    items: list[Item] = []
+    errors: list[ItemError] = []
+    seen: set[str] = set()
+    try:
+        listed = list(converter.list_items(raw_dir, entry))
+    except ConversionError as exc:
+        source = exc.source_file or str(raw_dir)
+        try:
+            source = Path(source).resolve().relative_to(raw_dir.resolve()).as_posix() or "."
+        except ValueError:
+            pass
+        return [], [ItemError(entry.id, source, exc.reason)]
+    for item in listed:
+        if item.key in seen:
+            errors.append(ItemError(entry.id, item.source_file, f"duplicate sample key '{item.key}'"))
+            continue
+        seen.add(item.key)
+        items.append(item)
+    items.sort(key=lambda i: i.key)
+    return items, errors
+
+
+def _build_dataset(
+    entry: DatasetEntry,
+    raw_dir: Path,
+    out: Path,
+    options: BuildOptions,
+    executor: Executor | None,
+    progress: Progress | None,
+) -> tuple[DatasetReport, list[ImageRecord]]:
+    started = time.perf_counter()
+    report = DatasetReport(entry.id)
+    images_root = out / "images"
+    staging = images_root / f".staging-{entry.id}"
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+    items, errors = _list_items(entry, raw_dir)
+    if options.strict and errors:
+        raise StrictStop(f"{errors[0].dataset}: {errors[0].file}: {errors[0].reason}")
+    report.items = len(items) + sum(1 for e in errors if "duplicate" in e.reason)
+    task = process.Task(entry, raw_dir, staging, entry.id)
+    progress_task = progress.add_task(entry.id, total=len(items)) if progress else None
+    records: list[ImageRecord] = []
+    for result in _run_items(executor, task, items, options.workers):
+        if result.errors:
+            report.items_failed += 1
+            errors.extend(result.errors)
+            if options.strict:
+                e = result.errors[0]
+                raise StrictStop(f"{e.dataset}: {e.file}: {e.reason}")
+        records.extend(result.records)
+        report.samples += result.samples
+        report.dropped_without_instances += result.dropped_empty
+        report.small_instances_dropped += result.small_instances
+        report.cleaned_pixels += result.cleaned_pixels
+        if progress is not None and progress_task is not None:
+            progress.advance(progress_task)
+    duplicates = [k for k, n in Counter(r.key for r in records).items() if n > 1]
+    if duplicates:
+        raise CorpusError(f"{entry.id}: converter '{entry.converter}' produced duplicate keys, e.g. {duplicates[:3]}")
+    records.sort(key=lambda r: r.key)
+    report.images = len(records)
+    report.instances = sum(len(r.annotations) for r in records)
+    report.errors = [asdict(e) for e in errors]
+    report.seconds = round(time.perf_counter() - started, 3)
+    # Swap the finished images in, then mark the dataset done. Invalidate the old state first,
+    # so a crash between the two steps leaves a dataset that will simply be rebuilt.
+    state_path = state_dir(out) / f"{entry.id}.json"
+    state_path.unlink(missing_ok=True)
+    final = images_root / entry.id
+    if final.exists():
+        shutil.rmtree(final)
+    os.replace(staging, final)
+    return report, records
+
+
+def _write_state(out: Path, entry: DatasetEntry, print_: str, report: DatasetReport, records: list[ImageRecord]) -> None:
+    state = {
+        "version": STATE_VERSION,
+        "fingerprint": print_,
+        "info": {"id": entry.id, "organ": entry.organ, "categories": list(entry.categories)},
+        "report": asdict(report),
+        "records": [r.to_json() for r in records],
+    }
+    atomic_write_bytes(state_dir(out) / f"{entry.id}.json", dump_json(state))
+
+
+def _select(registry: Registry, raw: Path, dataset_ids: Sequence[str] | None) -> list[DatasetEntry]:
+    if dataset_ids:
+        return registry.resolve(dataset_ids)
+    present = [e for e in registry if _raw_folder(raw, e.id) is not None]
+    if not present:
+        raise CorpusError(f"no dataset folder found in {raw} (expected folders named like registry ids, e.g. {raw}/BUS-BRA)")
+    return present
+
+
+def _progress(enabled: bool, console: Console | None) -> Progress | None:
+    if not enabled:
+        return None
+    return Progress(
+        TextColumn("[bold]{task.description:<20}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        console=console,
+        transient=False,
+    )
+
+
+def build_corpus(
+    registry: Registry,
+    raw: Path,
+    out: Path,
+    dataset_ids: Sequence[str] | None = None,
+    options: BuildOptions | None = None,
+    console: Console | None = None,
+) -> BuildResult:
+    options = options or BuildOptions()
+    if not raw.is_dir():
+        raise CorpusError(f"RAW folder {raw} does not exist")
+    entries = _select(registry, raw, dataset_ids)
+    out.mkdir(parents=True, exist_ok=True)
+    reports: dict[str, DatasetReport] = {}
+    dataset_errors: list[dict[str, str]] = []
+    started = time.perf_counter()
+    executor = None
+    progress = _progress(options.progress, console)
+    try:
+        if progress:
+            progress.start()
+        for entry in entries:
+            raw_dir = _raw_folder(raw, entry.id)
+            if raw_dir is None:
+                error = {"dataset": entry.id, "file": str(raw / entry.id), "reason": "raw folder is missing (run `us43d fetch` or put the files there)"}
+                if options.strict:
+                    raise StrictStop(f"{entry.id}: {error['file']}: {error['reason']}")
+                dataset_errors.append(error)
+                continue
+            try:
+                print_ = fingerprint(entry, raw_dir, {})
+            except RegistryError as exc:  # the converter named by the entry is not available
+                if options.strict:
+                    raise StrictStop(f"{entry.id}: {exc}") from exc
+                dataset_errors.append({"dataset": entry.id, "file": str(raw_dir), "reason": str(exc)})
+                continue
+            state = None if options.force else _read_state(out, entry.id)
+            if state is not None and state.get("fingerprint") == print_:
+                report = DatasetReport(**{**state["report"], "reused": True})
+                reports[entry.id] = report
+                if progress:
+                    progress.add_task(f"{entry.id} (unchanged)", total=report.items, completed=report.items)
+                continue
+            if executor is None:
+                executor = _executor(options.workers)
+            report, records = _build_dataset(entry, raw_dir, out, options, executor, progress)
+            _write_state(out, entry, print_, report, records)
+            reports[entry.id] = report
+    finally:
+        if progress:
+            progress.stop()
+        if executor is not None:
+            executor.shutdown(cancel_futures=True)
+    return _finish(out, reports, dataset_errors, options, time.perf_counter() - started, registry)
+
+
+def load_states(out: Path) -> tuple[dict[str, DatasetInfo], dict[str, list[ImageRecord]], dict[str, dict[str, Any]]]:
+    """Every dataset the output folder holds as done, in id order."""
+    infos: dict[str, DatasetInfo] = {}
+    records: dict[str, list[ImageRecord]] = {}
+    reports: dict[str, dict[str, Any]] = {}
+    folder = state_dir(out)
+    for path in sorted(folder.glob("*.json")) if folder.is_dir() else []:
+        state = _read_state(out, path.stem)
+        if state is None:
+            continue
+        info = state["info"]
+        infos[info["id"]] = DatasetInfo(info["id"], info["organ"], tuple(info["categories"]))
+        records[info["id"]] = [ImageRecord.from_json(r) for r in state["records"]]
+        reports[info["id"]] = state["report"]
+    return infos, records, reports
+
+
+def _versions() -> dict[str, str]:
+    import numpy
+    import PIL
+    import pyarrow
+    import pycocotools
+
+    return {
+        "us43d": us43d.__version__,
+        "python": platform.python_version(),
+        "numpy": numpy.__version__,
+        "pillow": PIL.__version__,
+        "pyarrow": pyarrow.__version__,
+        "pycocotools": getattr(pycocotools, "__version__", "unknown"),
+    }
+
+
+def _finish(
+    out: Path,
+    this_run: dict[str, DatasetReport],
+    dataset_errors: list[dict[str, str]],
+    options: BuildOptions,
+    seconds: float,
+    registry: Registry,
+) -> BuildResult:
+    started = time.perf_counter()
+    infos, records, stored_reports = load_states(out)
+    rows: list[SplitRecord] = []
+    split_counts: dict[str, dict[str, int]] = {}
+    for dataset_id, dataset_records in records.items():
+        splits = assign_splits(dataset_records, seed=options.seed)
+        counts = Counter(splits.values())
+        split_counts[dataset_id] = {s: counts.get(s, 0) for s in ("train", "val", "test")}
+        rows.extend(SplitRecord(r, splits[r.key]) for r in dataset_records)
+    check_unique_ids(rows)
+    write_coco(out, infos, rows)
+    write_parquet(out, infos, rows)
+    errors = list(dataset_errors)
+    for report in stored_reports.values():
+        errors.extend(report.get("errors", []))
+    all_reports = {k: DatasetReport(**v) for k, v in stored_reports.items()}
+    all_reports.update({k: v for k, v in this_run.items()})
+    build = {
+        "versions": _versions(),
+        "registry_hash": registry.digest(),
+        "seed": options.seed,
+        "datasets": {k: {**asdict(v), "splits": split_counts.get(k, {})} for k, v in sorted(all_reports.items())},
+        "errors": errors,
+        "totals": {
+            "images": sum(len(v) for v in records.values()),
+            "instances": sum(len(r.annotations) for v in records.values() for r in v),
+            "errors": len(errors),
+        },
+        "timings": {"datasets_seconds": round(seconds, 3), "write_seconds": round(time.perf_counter() - started, 3)},
+        "command": " ".join(sys.argv[1:]) if sys.argv else "",
+    }
+    atomic_write_bytes(out / "build.json", (json.dumps(build, indent=2) + "\n").encode())
+    return BuildResult(out, all_reports, errors, split_counts)
+
+
+def iter_errors(result: BuildResult) -> Iterable[str]:
+    for e in result.errors:
+        yield f"{e['dataset']}: {e['file']}: {e['reason']}"

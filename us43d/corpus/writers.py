@@ -1,0 +1,197 @@
+"""COCO JSON and Parquet writers.
+
+Outputs are byte-identical for identical inputs: rows sorted by dataset and key, ids derived
+from keys, JSON keys in a fixed order, and every file written to a temporary name first.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections import defaultdict
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from us43d.corpus.records import SPLITS, ImageRecord
+from us43d.errors import CorpusError
+
+AGNOSTIC_CATEGORY = {"id": 1, "name": "object", "supercategory": "object"}
+
+
+@dataclass(frozen=True)
+class DatasetInfo:
+    """What the writers need of a registry entry (kept in the build state, so a corpus can be
+    re-merged without the registry that built it)."""
+
+    id: str
+    organ: str
+    categories: tuple[str, ...]
+
+    def category_id(self, name: str) -> int:
+        return self.categories.index(name) + 1
+
+
+@dataclass(frozen=True)
+class SplitRecord:
+    record: ImageRecord
+    split: str
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    tmp.write_bytes(data)
+    os.replace(tmp, path)
+
+
+def dump_json(data: Any) -> bytes:
+    return (json.dumps(data, separators=(",", ":"), ensure_ascii=False) + "\n").encode()
+
+
+def _image_json(record: ImageRecord) -> dict[str, Any]:
+    return {
+        "id": record.image_id,
+        "file_name": record.file_name,
+        "width": record.width,
+        "height": record.height,
+        "dataset": record.dataset,
+        "source_file": record.source_file,
+        "frame": record.frame,
+        "group": record.group,
+    }
+
+
+def _annotations_json(record: ImageRecord, category_id: Any) -> list[dict[str, Any]]:
+    return [
+        {
+            "id": record.annotation_id(index),
+            "image_id": record.image_id,
+            "category_id": category_id(ann.category),
+            "segmentation": {"size": [record.height, record.width], "counts": ann.rle_counts},
+            "area": ann.area,
+            "bbox": list(ann.bbox),
+            "iscrowd": 0,
+        }
+        for index, ann in enumerate(record.annotations)
+    ]
+
+
+def coco_document(
+    records: Sequence[ImageRecord], categories: list[dict[str, Any]], category_id: Any, description: str
+) -> dict[str, Any]:
+    images, annotations = [], []
+    for record in records:
+        images.append(_image_json(record))
+        annotations.extend(_annotations_json(record, category_id))
+    return {
+        "info": {"description": description},
+        "images": images,
+        "annotations": annotations,
+        "categories": categories,
+    }
+
+
+def check_unique_ids(rows: Sequence[SplitRecord]) -> None:
+    image_ids: dict[int, str] = {}
+    for row in rows:
+        r = row.record
+        other = image_ids.setdefault(r.image_id, f"{r.dataset}/{r.key}")
+        if other != f"{r.dataset}/{r.key}":
+            raise CorpusError(f"image id collision between {other} and {r.dataset}/{r.key}; rename one key")
+
+
+def write_coco(out: Path, datasets: Mapping[str, DatasetInfo], rows: Sequence[SplitRecord]) -> None:
+    """Per-dataset files with the dataset's categories, and merged class-agnostic files."""
+    coco_dir = out / "coco"
+    buckets: dict[tuple[str, str], list[ImageRecord]] = defaultdict(list)
+    for row in rows:
+        buckets[row.record.dataset, row.split].append(row.record)
+    for dataset_id, info in datasets.items():
+        categories = [{"id": i + 1, "name": n, "supercategory": info.organ} for i, n in enumerate(info.categories)]
+        for split in SPLITS:
+            chosen = buckets.get((dataset_id, split), [])
+            path = coco_dir / dataset_id / f"{split}.json"
+            if not chosen:
+                path.unlink(missing_ok=True)
+                continue
+            doc = coco_document(chosen, categories, info.category_id, f"US-43d {dataset_id} {split}")
+            atomic_write_bytes(path, dump_json(doc))
+    for split in SPLITS:
+        chosen = [r.record for r in rows if r.split == split]
+        path = coco_dir / f"{split}.json"
+        if not chosen:
+            path.unlink(missing_ok=True)
+            continue
+        doc = coco_document(chosen, [AGNOSTIC_CATEGORY], lambda _name: 1, f"US-43d {split}, class-agnostic")
+        atomic_write_bytes(path, dump_json(doc))
+
+
+IMAGE_SCHEMA = pa.schema(
+    [
+        ("image_id", pa.int64()),
+        ("dataset", pa.string()),
+        ("organ", pa.string()),
+        ("split", pa.string()),
+        ("file_name", pa.string()),
+        ("width", pa.int32()),
+        ("height", pa.int32()),
+        ("source_file", pa.string()),
+        ("frame", pa.int32()),
+        ("group", pa.string()),
+        ("n_instances", pa.int32()),
+    ]
+)
+ANNOTATION_SCHEMA = pa.schema(
+    [
+        ("annotation_id", pa.int64()),
+        ("image_id", pa.int64()),
+        ("dataset", pa.string()),
+        ("split", pa.string()),
+        ("category", pa.string()),
+        ("category_id", pa.int32()),
+        ("bbox_x", pa.int32()),
+        ("bbox_y", pa.int32()),
+        ("bbox_w", pa.int32()),
+        ("bbox_h", pa.int32()),
+        ("area", pa.int64()),
+        ("rle_counts", pa.string()),
+        ("height", pa.int32()),
+        ("width", pa.int32()),
+    ]
+)
+
+
+def _write_table(path: Path, columns: dict[str, list[Any]], schema: pa.Schema) -> None:
+    table = pa.Table.from_pydict(columns, schema=schema)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    pq.write_table(table, tmp, compression="zstd", write_statistics=True)
+    os.replace(tmp, path)
+
+
+def write_parquet(out: Path, datasets: Mapping[str, DatasetInfo], rows: Sequence[SplitRecord]) -> None:
+    images: dict[str, list[Any]] = {name: [] for name in IMAGE_SCHEMA.names}
+    anns: dict[str, list[Any]] = {name: [] for name in ANNOTATION_SCHEMA.names}
+    for row in rows:
+        r, info = row.record, datasets[row.record.dataset]
+        for name, value in (
+            ("image_id", r.image_id), ("dataset", r.dataset), ("organ", info.organ), ("split", row.split),
+            ("file_name", r.file_name), ("width", r.width), ("height", r.height), ("source_file", r.source_file),
+            ("frame", r.frame), ("group", r.group), ("n_instances", len(r.annotations)),
+        ):
+            images[name].append(value)
+        for index, a in enumerate(r.annotations):
+            for name, value in (
+                ("annotation_id", r.annotation_id(index)), ("image_id", r.image_id), ("dataset", r.dataset),
+                ("split", row.split), ("category", a.category), ("category_id", info.category_id(a.category)),
+                ("bbox_x", a.bbox[0]), ("bbox_y", a.bbox[1]), ("bbox_w", a.bbox[2]), ("bbox_h", a.bbox[3]),
+                ("area", a.area), ("rle_counts", a.rle_counts), ("height", r.height), ("width", r.width),
+            ):
+                anns[name].append(value)
+    _write_table(out / "parquet" / "images.parquet", images, IMAGE_SCHEMA)
+    _write_table(out / "parquet" / "annotations.parquet", anns, ANNOTATION_SCHEMA)

@@ -1,0 +1,146 @@
+"""The registry entry schema.
+
+Everything about a dataset that is a fact rather than logic lives here, so that a reader of one
+YAML file understands the dataset and a converter stays a pure reader of files.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]*$")
+WORD_PATTERN = r"^[a-z][a-z0-9-]*$"
+
+Modality = Literal["image", "volume", "video"]
+Access = Literal["open", "credentials", "manual"]
+SourceKind = Literal[
+    "zenodo",
+    "mendeley",
+    "github",
+    "figshare",
+    "http",
+    "kaggle",
+    "kaggle-competition",
+    "grand-challenge",
+    "tcia",
+    "girder",
+    "manual",
+]
+SliceAxis = Literal["sagittal", "coronal", "axial", "frames"]
+
+
+class _Strict(BaseModel):
+    """Unknown keys are refused: a typo in a YAML file must not be silently ignored."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Citation(_Strict):
+    doi: str | None = None
+    bibtex: str | None = None
+    text: str | None = None
+
+
+class SourceFile(_Strict):
+    name: str
+    size: int | None = Field(default=None, ge=0)
+    md5: str | None = Field(default=None, pattern=r"^[0-9a-f]{32}$")
+    sha256: str | None = Field(default=None, pattern=r"^[0-9a-f]{64}$")
+
+
+class Source(_Strict):
+    """Where one part of a dataset is obtained.
+
+    `location` is read according to `kind`: a Zenodo record id, a Mendeley dataset id,
+    `owner/repo` on GitHub, a Kaggle slug, or a URL for `http` and `manual` sources.
+    """
+
+    kind: SourceKind
+    location: str
+    ref: str | None = None
+    files: tuple[SourceFile, ...] = ()
+    instructions: str | None = None
+    note: str | None = None
+
+
+class Cleaning(_Strict):
+    # Remove mask pixels that lie on the background outside the ultrasound field of view.
+    background_overlap: bool = True
+    # Grey level up to which a pixel counts as background; None picks 0 for lossless sources
+    # and a small tolerance for lossy (JPEG) ones.
+    background_threshold: int | None = Field(default=None, ge=0, le=255)
+
+
+class Expected(_Strict):
+    images: int | None = Field(default=None, ge=0)
+    instances: int | None = Field(default=None, ge=0)
+    note: str | None = None
+
+
+class TestSplit(_Strict):
+    kind: Literal["official", "none"]
+    how: str | None = None
+
+    @model_validator(mode="after")
+    def _official_says_how(self) -> TestSplit:
+        if self.kind == "official" and not self.how:
+            raise ValueError("an official test split must say how it is defined ('how')")
+        return self
+
+
+class DatasetEntry(_Strict):
+    id: str
+    name: str
+    description: str
+    organ: str = Field(pattern=WORD_PATTERN, description="organ group, the word --exclude takes")
+    application: str
+    modality: Modality
+    categories: tuple[str, ...] = Field(min_length=1)
+    homepage: str | None = None
+    citation: Citation = Citation()
+    licence: str
+    access: Access
+    sources: tuple[Source, ...] = ()
+    converter: str
+    slicing_axis: SliceAxis | None = None
+    slicing_note: str | None = None
+    cleaning: Cleaning = Cleaning()
+    min_area: int = Field(default=16, ge=0, description="instances smaller than this (pixels) are dropped")
+    expected: Expected = Expected()
+    test_split: TestSplit
+    group_by: str | None = Field(default=None, description="what identifies a group (patient, video, volume)")
+    notes: str | None = None
+
+    @field_validator("id")
+    @classmethod
+    def _id_is_safe(cls, value: str) -> str:
+        if not ID_PATTERN.match(value):
+            raise ValueError("ids hold letters, digits, '-' and '_' only, and start with a letter or digit")
+        return value
+
+    @field_validator("categories")
+    @classmethod
+    def _categories_unique(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        if len(set(value)) != len(value):
+            raise ValueError("categories must be unique")
+        return value
+
+    @field_validator("homepage")
+    @classmethod
+    def _homepage_is_url(cls, value: str | None) -> str | None:
+        if value is not None and not value.startswith(("https://", "http://")):
+            raise ValueError("homepage must be an http(s) URL")
+        return value
+
+    @model_validator(mode="after")
+    def _slicing_for_sequences(self) -> DatasetEntry:
+        if self.modality in ("volume", "video") and self.slicing_axis is None:
+            raise ValueError(f"a {self.modality} dataset must name its slicing_axis")
+        return self
+
+    def category_id(self, name: str) -> int:
+        """COCO category ids are 1-based positions in the registry's category list."""
+        return self.categories.index(name) + 1
