@@ -1,0 +1,197 @@
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from conftest import build, ellipse, load_json, make_stu_hospital, speckle_image, write_png
+from us43d.corpus.build import StrictStop
+from us43d.corpus.validate import validate_corpus
+from us43d.errors import CorpusError, RegistryError
+
+OUTPUTS = [
+    "coco/train.json", "coco/val.json", "coco/STU-Hospital/train.json", "coco/STU-Hospital/val.json",
+    "parquet/images.parquet", "parquet/annotations.parquet",
+]
+
+
+def hospital(raw: Path) -> Path:
+    return raw / "STU-Hospital" / "Hospital"
+
+
+def test_same_inputs_give_byte_identical_outputs(tmp_path: Path) -> None:
+    make_stu_hospital(tmp_path / "raw" / "STU-Hospital", n=25, wrapper=None)
+    build(tmp_path / "raw", tmp_path / "a", workers=1)
+    build(tmp_path / "raw", tmp_path / "b", workers=2)
+    for name in OUTPUTS:
+        assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes(), name
+    pngs = sorted(p.relative_to(tmp_path / "a") for p in (tmp_path / "a" / "images").rglob("*.png"))
+    assert len(pngs) == 25
+    for png in pngs:
+        assert (tmp_path / "a" / png).read_bytes() == (tmp_path / "b" / png).read_bytes()
+
+
+def test_rerun_skips_unchanged_and_rebuilds_changed(tmp_path: Path) -> None:
+    make_stu_hospital(tmp_path / "raw" / "STU-Hospital", n=4, wrapper=None)
+    first = build(tmp_path / "raw", tmp_path / "out")
+    assert not first.reports["STU-Hospital"].reused
+    again = build(tmp_path / "raw", tmp_path / "out")
+    assert again.reports["STU-Hospital"].reused and again.reports["STU-Hospital"].images == 4
+    (hospital(tmp_path / "raw") / "Test_Image_4.png").unlink()
+    (hospital(tmp_path / "raw") / "mask_4.png").unlink()
+    changed = build(tmp_path / "raw", tmp_path / "out")
+    assert not changed.reports["STU-Hospital"].reused and changed.reports["STU-Hospital"].images == 3
+    assert not (tmp_path / "out" / "images" / "STU-Hospital" / "Test_Image_4.png").exists()
+    assert validate_corpus(tmp_path / "out").ok
+
+
+def test_a_dataset_without_its_state_file_is_rebuilt(tmp_path: Path) -> None:
+    make_stu_hospital(tmp_path / "raw" / "STU-Hospital", n=3, wrapper=None)
+    build(tmp_path / "raw", tmp_path / "out")
+    (tmp_path / "out" / ".state" / "STU-Hospital.json").unlink()  # as if killed before marking done
+    assert not build(tmp_path / "raw", tmp_path / "out").reports["STU-Hospital"].reused
+
+
+def test_bad_inputs_are_reported_and_the_rest_is_built(tmp_path: Path, rng: np.random.Generator) -> None:
+    make_stu_hospital(tmp_path / "raw" / "STU-Hospital", n=8, wrapper=None)
+    folder = hospital(tmp_path / "raw")
+    data = (folder / "Test_Image_1.png").read_bytes()
+    (folder / "Test_Image_1.png").write_bytes(data[: len(data) // 2])  # truncated image
+    (folder / "Test_Image_2.png").write_bytes(b"")  # zero bytes
+    write_png(folder / "mask_3.png", rng.integers(1, 255, (512, 512), dtype=np.uint8))  # noise mask
+    write_png(folder / "mask_4.png", np.zeros((512, 256), np.uint8))  # another aspect ratio
+    write_png(folder / "mask_5.png", np.zeros((512, 512), np.uint8))  # empty mask: dropped, not an error
+    (folder / "mask_6.png").unlink()  # missing pair
+    result = build(tmp_path / "raw", tmp_path / "out")
+    report = result.reports["STU-Hospital"]
+    reasons = {e["file"]: e["reason"] for e in result.errors}
+    assert set(reasons) == {
+        "Hospital/Test_Image_1.png", "Hospital/Test_Image_2.png", "Hospital/mask_3.png",
+        "Hospital/mask_4.png", "Hospital/Test_Image_6.png",
+    }
+    assert reasons["Hospital/Test_Image_1.png"].startswith("cannot decode image")
+    assert "not binary" in reasons["Hospital/mask_3.png"]
+    assert "aspect ratios differ" in reasons["Hospital/mask_4.png"]
+    assert reasons["Hospital/Test_Image_6.png"] == "image has no matching mask"
+    assert report.images == 2 and report.dropped_without_instances == 1
+    assert report.images + report.dropped_without_instances + report.items_failed == report.items == 8
+    recorded = load_json(tmp_path / "out" / "build.json")
+    assert len(recorded["errors"]) == 5 and all({"dataset", "file", "reason"} <= e.keys() for e in recorded["errors"])
+    assert recorded["datasets"]["STU-Hospital"]["dropped_without_instances"] == 1
+    assert validate_corpus(tmp_path / "out").ok
+
+
+def test_strict_stops_at_the_first_problem(tmp_path: Path) -> None:
+    make_stu_hospital(tmp_path / "raw" / "STU-Hospital", n=3, wrapper=None)
+    (hospital(tmp_path / "raw") / "Test_Image_2.png").write_bytes(b"broken")
+    with pytest.raises(StrictStop, match="Test_Image_2.png"):
+        build(tmp_path / "raw", tmp_path / "out", strict=True)
+    assert not (tmp_path / "out" / ".state" / "STU-Hospital.json").exists()
+    assert not (tmp_path / "out" / "coco").exists()
+
+
+def test_missing_raw_unknown_id_and_missing_dataset(tmp_path: Path) -> None:
+    with pytest.raises(CorpusError, match="RAW folder .* does not exist"):
+        build(tmp_path / "nowhere", tmp_path / "out")
+    (tmp_path / "raw").mkdir()
+    with pytest.raises(RegistryError, match="unknown dataset id 'NOPE'"):
+        build(tmp_path / "raw", tmp_path / "out", ["NOPE"])
+    with pytest.raises(CorpusError, match="no dataset folder found"):
+        build(tmp_path / "raw", tmp_path / "out")
+    make_stu_hospital(tmp_path / "raw" / "STU-Hospital", n=2, wrapper=None)
+    result = build(tmp_path / "raw", tmp_path / "out", ["STU-Hospital", "BUS-BRA"])
+    assert [(e["dataset"], e["reason"][:25]) for e in result.errors] == [("BUS-BRA", "raw folder is missing (ru")]
+    assert result.reports["STU-Hospital"].images == 2
+
+
+def test_dataset_without_converter_yet_is_reported(tmp_path: Path) -> None:
+    (tmp_path / "raw" / "AUL").mkdir(parents=True)
+    make_stu_hospital(tmp_path / "raw" / "STU-Hospital", n=2, wrapper=None)
+    result = build(tmp_path / "raw", tmp_path / "out")
+    assert [e["dataset"] for e in result.errors] == ["AUL"]
+    assert "converter 'aul' not found" in result.errors[0]["reason"]
+
+
+def test_cleaning_is_counted_and_can_be_switched_off(tmp_path: Path, rng: np.random.Generator) -> None:
+    import yaml
+
+    folder = tmp_path / "raw" / "Fanned" / "Hospital"
+    image = speckle_image(rng, (64, 64))
+    image[:, :16] = 0  # black frame on the left, connected to the border
+    write_png(folder / "Test_Image_1.png", image)
+    write_png(folder / "mask_1.png", (ellipse((64, 64), (32, 16), (10, 10)) * 255).astype(np.uint8))
+    registry = tmp_path / "registry"
+    registry.mkdir()
+    entry = {
+        "id": "Fanned", "name": "n", "description": "d", "organ": "breast", "application": "a", "modality": "image",
+        "categories": ["lesion"], "licence": "unknown", "access": "manual", "converter": "stu_hospital",
+        "test_split": {"kind": "none"}, "min_area": 1,
+    }
+    (registry / "Fanned.yaml").write_text(yaml.safe_dump(entry))
+    on = build(tmp_path / "raw", tmp_path / "on", ["Fanned"], registry_dirs=[registry])
+    spill = int((ellipse((64, 64), (32, 16), (10, 10))[:, :16]).sum())
+    assert on.reports["Fanned"].cleaned_pixels == spill
+    (registry / "Fanned.yaml").write_text(yaml.safe_dump({**entry, "cleaning": {"background_overlap": False}}))
+    off = build(tmp_path / "raw", tmp_path / "off", ["Fanned"], registry_dirs=[registry])
+    assert off.reports["Fanned"].cleaned_pixels == 0
+    assert off.reports["Fanned"].instances == on.reports["Fanned"].instances == 1
+
+
+def test_validate_catches_broken_promises(tmp_path: Path) -> None:
+    make_stu_hospital(tmp_path / "raw" / "STU-Hospital", n=25, wrapper=None)
+    build(tmp_path / "raw", tmp_path / "out")
+    out = tmp_path / "out"
+    assert validate_corpus(out).ok
+    pristine = tmp_path / "pristine"
+    shutil.copytree(out, pristine)
+
+    train_path = out / "coco" / "STU-Hospital" / "train.json"
+    doc = json.loads(train_path.read_text())
+    doc["annotations"][0]["bbox"][0] += 1
+    doc["images"][1]["width"] += 3
+    train_path.write_text(json.dumps(doc))
+    os.remove(out / "images" / doc["images"][2]["file_name"])
+    problems = "\n".join(validate_corpus(out).problems)
+    assert "differs from its RLE" in problems
+    assert "is missing" in problems
+    assert "COCO says" in problems or "RLE size" in problems
+
+    shutil.rmtree(out)
+    shutil.copytree(pristine, out)
+    val_path = out / "coco" / "STU-Hospital" / "val.json"
+    val = json.loads(val_path.read_text())
+    train = json.loads(train_path.read_text())
+    val["images"][0]["group"] = train["images"][0]["group"]
+    val_path.write_text(json.dumps(val))
+    assert any("several splits" in p for p in validate_corpus(out).problems)
+
+    shutil.rmtree(out)
+    shutil.copytree(pristine, out)
+    (out / "parquet" / "images.parquet").unlink()
+    assert any("images.parquet is missing" in p for p in validate_corpus(out).problems)
+    with pytest.raises(CorpusError, match="holds no corpus"):
+        validate_corpus(tmp_path / "empty")
+
+
+def test_outputs_follow_the_promised_shape(tmp_path: Path) -> None:
+    import pyarrow.parquet as pq
+
+    make_stu_hospital(tmp_path / "raw" / "STU-Hospital", n=5, wrapper=None)
+    build(tmp_path / "raw", tmp_path / "out")
+    merged = load_json(tmp_path / "out" / "coco" / "train.json")
+    assert merged["categories"] == [{"id": 1, "name": "object", "supercategory": "object"}]
+    assert all(a["category_id"] == 1 for a in merged["annotations"])
+    image = merged["images"][0]
+    assert {"dataset", "source_file", "frame", "group", "file_name"} <= image.keys()
+    assert (tmp_path / "out" / "images" / image["file_name"]).is_file()
+    images = pq.read_table(tmp_path / "out" / "parquet" / "images.parquet").to_pandas()
+    annotations = pq.read_table(tmp_path / "out" / "parquet" / "annotations.parquet").to_pandas()
+    assert {"dataset", "split", "organ", "group"} <= set(images.columns)
+    assert {"dataset", "split", "rle_counts", "category"} <= set(annotations.columns)
+    assert len(images) == 5 and len(annotations) == 5
+    build_json = load_json(tmp_path / "out" / "build.json")
+    assert {"versions", "registry_hash", "datasets", "errors", "timings"} <= build_json.keys()

@@ -1,0 +1,75 @@
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from conftest import make_stu_hospital
+from us43d.cli import app
+
+runner = CliRunner()
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def run(*args: str):
+    return runner.invoke(app, list(args), catch_exceptions=False)
+
+
+def test_list_filters_and_info() -> None:
+    result = run("list", "--organ", "ovary")
+    assert result.exit_code == 0
+    assert "MMOTU-2D" in result.output and "MMOTU-3D" in result.output and "BUS-BRA" not in result.output
+    assert "2 of 43 datasets" in result.output
+    info = run("info", "gist514-db")
+    assert info.exit_code == 0
+    assert "gastrointestinal stromal tumour" in info.output and "val_anno_crop_split_0.json" in info.output
+
+
+def test_unknown_id_is_a_clean_error() -> None:
+    result = run("info", "nope")
+    assert result.exit_code == 2
+    assert "unknown dataset id 'nope'" in result.output
+    assert "Traceback" not in result.output
+
+
+def test_docs_check(tmp_path: Path) -> None:
+    assert run("docs", "--check", "--output", str(ROOT / "DATASETS.md")).exit_code == 0
+    stale = tmp_path / "DATASETS.md"
+    stale.write_text("old")
+    assert run("docs", "--check", "--output", str(stale)).exit_code == 1
+    assert run("docs", "--output", str(stale)).exit_code == 0
+    assert run("docs", "--check", "--output", str(stale)).exit_code == 0
+
+
+def test_build_validate_stats(tmp_path: Path) -> None:
+    make_stu_hospital(tmp_path / "raw" / "STU-Hospital", n=6)
+    raw, out = str(tmp_path / "raw"), str(tmp_path / "out")
+    result = run("build", "stu-hospital", "--raw", raw, "--out", out, "--workers", "1")
+    assert result.exit_code == 0, result.output
+    assert run("validate", out).exit_code == 0
+    stats = run("stats", out)
+    assert stats.exit_code == 0
+    assert "STU-Hospital" in stats.output and "breast" in stats.output
+    assert json.loads((tmp_path / "out" / "build.json").read_text())["totals"]["images"] == 6
+    missing = run("build", "--raw", str(tmp_path / "none"), "--out", out)
+    assert missing.exit_code == 2 and "does not exist" in missing.output
+    assert run("stats", str(tmp_path / "none")).exit_code == 2
+
+
+def test_user_registry_option(tmp_path: Path) -> None:
+    (tmp_path / "reg").mkdir()
+    (tmp_path / "reg" / "Broken.yaml").write_text("id: Broken\nname: x\n")
+    result = run("list", "--registry", str(tmp_path / "reg"))
+    assert result.exit_code == 2
+    assert "Broken.yaml" in result.output and "field 'description'" in result.output
+
+
+@pytest.mark.timeout(120)
+def test_demo_runs_offline(tmp_path: Path) -> None:
+    result = run("demo", "--dir", str(tmp_path / "demo"), "--workers", "2")
+    assert result.exit_code == 0, result.output
+    assert "valid" in result.output and "BUS-BRA" in result.output
+    images = json.loads((tmp_path / "demo" / "corpus" / "build.json").read_text())["totals"]["images"]
+    assert images >= 16
