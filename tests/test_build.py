@@ -7,8 +7,15 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import (
+    build,
+    ellipse,
+    load_json,
+    make_stu_hospital,
+    speckle_image,
+    write_png,
+)
 
-from conftest import build, ellipse, load_json, make_stu_hospital, speckle_image, write_png
 from us43d.corpus.build import StrictStop
 from us43d.corpus.validate import validate_corpus
 from us43d.errors import CorpusError, RegistryError
@@ -195,3 +202,16 @@ def test_outputs_follow_the_promised_shape(tmp_path: Path) -> None:
     assert len(images) == 5 and len(annotations) == 5
     build_json = load_json(tmp_path / "out" / "build.json")
     assert {"versions", "registry_hash", "datasets", "errors", "timings"} <= build_json.keys()
+
+
+def test_sixteen_bit_sources_are_written_unchanged(tmp_path: Path, rng: np.random.Generator) -> None:
+    from PIL import Image
+
+    folder = tmp_path / "raw" / "STU-Hospital" / "Hospital"
+    deep = rng.integers(1, 65535, (32, 32), dtype=np.uint16)
+    write_png(folder / "Test_Image_1.png", deep)
+    write_png(folder / "mask_1.png", (ellipse((32, 32), (16, 16), (8, 8)) * 255).astype(np.uint8))
+    build(tmp_path / "raw", tmp_path / "out")
+    with Image.open(tmp_path / "out" / "images" / "STU-Hospital" / "Test_Image_1.png") as written:
+        assert written.mode == "I;16"
+        np.testing.assert_array_equal(np.asarray(written), deep)

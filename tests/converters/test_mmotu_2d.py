@@ -3,8 +3,16 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+from conftest import (
+    build,
+    decode,
+    ellipse,
+    load_json,
+    speckle_image,
+    write_jpeg,
+    write_png,
+)
 
-from conftest import build, decode, ellipse, load_json, speckle_image, write_jpeg, write_png
 from us43d.registry import Registry
 
 TRAIN = {"1": 0, "2": 3, "3": 7, "4": 0, "5": 5, "6": 1}

@@ -4,7 +4,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from conftest import SAMPLES, build, decode, load_json, make_stu_hospital
 
 

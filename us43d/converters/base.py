@@ -125,3 +125,16 @@ def pair_files(
             yield key, (relative(raw, images[key]),), "image has no matching mask"
         else:
             yield key, (relative(raw, images[key]), relative(raw, masks[key])), None
+
+
+def one_class_sample(item: Item, image: Any, mask: np.ndarray, category: str) -> Sample:
+    """The common case: one decoded image (`readers.DecodedImage`) and one mask of one category,
+    whose connected components become the instances."""
+    return Sample(
+        key=item.key,
+        image=image.pixels,
+        source_file=item.source_file,
+        label_map=mask.astype(np.uint8),
+        label_names={1: category},
+        lossy=image.lossy,
+    )

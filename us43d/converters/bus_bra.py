@@ -12,7 +12,14 @@ from pathlib import Path
 
 import pandas as pd
 
-from us43d.converters.base import TEST, Item, Sample, locate_root, pair_files, relative
+from us43d.converters.base import (
+    TEST,
+    Item,
+    Sample,
+    locate_root,
+    one_class_sample,
+    pair_files,
+)
 from us43d.converters.readers import read_binary_mask, read_image
 from us43d.errors import ConversionError
 from us43d.registry.schema import DatasetEntry
@@ -69,11 +76,4 @@ def list_items(raw: Path, entry: DatasetEntry) -> Iterator[Item]:
 def read_item(raw: Path, item: Item, entry: DatasetEntry) -> Iterator[Sample]:
     image = read_image(raw / item.files[0])
     mask = read_binary_mask(raw / item.files[1], image.pixels.shape[:2])
-    yield Sample(
-        key=item.key,
-        image=image.pixels,
-        source_file=item.source_file,
-        label_map=mask.astype("uint8"),
-        label_names={1: item.meta["category"]},
-        lossy=image.lossy,
-    )
+    yield one_class_sample(item, image, mask, item.meta["category"])

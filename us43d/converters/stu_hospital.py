@@ -10,7 +10,13 @@ import re
 from collections.abc import Iterator
 from pathlib import Path
 
-from us43d.converters.base import Item, Sample, locate_root, pair_files
+from us43d.converters.base import (
+    Item,
+    Sample,
+    locate_root,
+    one_class_sample,
+    pair_files,
+)
 from us43d.converters.readers import read_binary_mask, read_image
 from us43d.registry.schema import DatasetEntry
 
@@ -31,11 +37,4 @@ def list_items(raw: Path, entry: DatasetEntry) -> Iterator[Item]:
 def read_item(raw: Path, item: Item, entry: DatasetEntry) -> Iterator[Sample]:
     image = read_image(raw / item.files[0])
     mask = read_binary_mask(raw / item.files[1], image.pixels.shape[:2], allow_resize=True)
-    yield Sample(
-        key=item.key,
-        image=image.pixels,
-        source_file=item.source_file,
-        label_map=mask.astype("uint8"),
-        label_names={1: entry.categories[0]},
-        lossy=image.lossy,
-    )
+    yield one_class_sample(item, image, mask, entry.categories[0])

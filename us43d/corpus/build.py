@@ -29,14 +29,29 @@ from pathlib import Path
 from typing import Any
 
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
 
 import us43d
 from us43d.converters.base import Item, load_converter
 from us43d.corpus import process
 from us43d.corpus.records import ImageRecord, ItemError, ItemResult
 from us43d.corpus.split import assign_splits
-from us43d.corpus.writers import DatasetInfo, SplitRecord, atomic_write_bytes, check_unique_ids, dump_json, write_coco, write_parquet
+from us43d.corpus.writers import (
+    DatasetInfo,
+    SplitRecord,
+    atomic_write_bytes,
+    check_unique_ids,
+    dump_json,
+    write_coco,
+    write_parquet,
+)
 from us43d.errors import ConversionError, CorpusError, RegistryError, Us43dError
 from us43d.registry.loader import Registry
 from us43d.registry.schema import DatasetEntry

@@ -48,12 +48,9 @@ def write_png(pixels: np.ndarray, path: Path) -> None:
     """Write atomically: a reader never sees a half-written file under the final name."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    if pixels.dtype == np.uint16:
-        image = Image.fromarray(pixels, mode="I;16") if pixels.ndim == 2 else None
-        if image is None:
-            raise ConversionError("16-bit colour images are not supported")
-    else:
-        image = Image.fromarray(pixels)
+    if pixels.dtype == np.uint16 and pixels.ndim == 3:
+        raise ConversionError("16-bit colour images are not supported")
+    image = Image.fromarray(pixels)  # uint8 -> L or RGB, uint16 -> I;16: values unchanged
     image.save(tmp, format="PNG", compress_level=PNG_COMPRESS_LEVEL)
     os.replace(tmp, path)
 
