@@ -1,0 +1,233 @@
+"""Training data: the corpus index, image and mask preparation, prompt simulation, sampling.
+
+Every random choice for a sample (flip, instance subset, point or box, jitter) is drawn from a
+generator seeded by the sample's position in the seeded stream, never from global state, so
+a run resumed at step k sees exactly the batches the uninterrupted run saw.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from pycocotools import mask as mask_utils
+
+from us43d.errors import CorpusError, Us43dError
+
+PIXEL_MEAN = np.array([123.675, 116.28, 103.53], dtype=np.float32)
+PIXEL_STD = np.array([58.395, 57.12, 57.375], dtype=np.float32)
+MAX_INSTANCES = 20  # the recipe's per-image limit; a random subset is taken above it
+BOX_JITTER = 0.05
+
+
+@dataclass(frozen=True)
+class ImageEntry:
+    image_id: int
+    dataset: str
+    file_name: str
+    width: int
+    height: int
+    rles: tuple[str, ...]
+    boxes: tuple[tuple[int, int, int, int], ...]
+
+
+@dataclass(frozen=True)
+class CorpusSelection:
+    entries: list[ImageEntry]
+    counts: dict[str, int]  # images per dataset actually used
+    excluded: dict[str, int]  # images per dataset left out by --exclude
+
+
+def load_selection(
+    corpus: Path, split: str, exclude: Sequence[str] = (), datasets: Sequence[str] | None = None
+) -> CorpusSelection:
+    """Images of one split with their instances, read from the corpus Parquet tables."""
+    folder = corpus / "parquet"
+    images_path, annotations_path = folder / "images.parquet", folder / "annotations.parquet"
+    if not images_path.is_file() or not annotations_path.is_file():
+        raise CorpusError(f"{corpus} has no Parquet tables (parquet/images.parquet, parquet/annotations.parquet); run `us43d build`")
+    images = pd.read_parquet(images_path, columns=["image_id", "dataset", "organ", "split", "file_name", "width", "height"])
+    known_organs = sorted(images["organ"].unique())
+    unknown = sorted({o.lower() for o in exclude} - set(_registry_organs()) - set(known_organs))
+    if unknown:
+        raise Us43dError(f"unknown organ group(s) {unknown} for --exclude (known: {', '.join(sorted(set(_registry_organs()) | set(known_organs)))})")
+    chosen = images[images["split"] == split]
+    if datasets:
+        wanted = {d.lower() for d in datasets}
+        chosen = chosen[chosen["dataset"].str.lower().isin(wanted)]
+    left_out = chosen[chosen["organ"].isin({o.lower() for o in exclude})]
+    chosen = chosen[~chosen["organ"].isin({o.lower() for o in exclude})].sort_values(["dataset", "file_name"])
+    annotations = pd.read_parquet(annotations_path, columns=["image_id", "rle_counts", "bbox_x", "bbox_y", "bbox_w", "bbox_h"])
+    annotations = annotations[annotations["image_id"].isin(set(chosen["image_id"]))]
+    grouped: dict[int, list[tuple[str, tuple[int, int, int, int]]]] = {}
+    for row in annotations.itertuples(index=False):
+        grouped.setdefault(row.image_id, []).append((row.rle_counts, (row.bbox_x, row.bbox_y, row.bbox_w, row.bbox_h)))
+    entries = []
+    for row in chosen.itertuples(index=False):
+        instances = grouped.get(row.image_id, [])
+        if instances:
+            entries.append(
+                ImageEntry(row.image_id, row.dataset, row.file_name, int(row.width), int(row.height),
+                           tuple(r for r, _ in instances), tuple(b for _, b in instances))
+            )
+    counts = pd.Series([e.dataset for e in entries]).value_counts().sort_index().to_dict() if entries else {}
+    excluded = left_out["dataset"].value_counts().sort_index().to_dict()
+    return CorpusSelection(entries, {str(k): int(v) for k, v in counts.items()}, {str(k): int(v) for k, v in excluded.items()})
+
+
+def _registry_organs() -> list[str]:
+    from us43d.registry import Registry
+
+    return Registry.load().organs()
+
+
+def read_rgb(path: Path) -> np.ndarray:
+    """8-bit RGB as SAM expects: grey replicated, 16-bit scaled to 8 bits."""
+    try:
+        with Image.open(path) as image:
+            image.load()
+            if image.mode.startswith("I;16"):
+                array = (np.asarray(image).astype(np.float32) / 257.0).round().astype(np.uint8)
+                return np.repeat(array[..., None], 3, axis=2)
+            return np.asarray(image.convert("RGB"))
+    except (OSError, SyntaxError, ValueError) as exc:
+        raise CorpusError(f"cannot read corpus image {path}: {exc}") from exc
+
+
+def resized_shape(height: int, width: int, size: int) -> tuple[int, int]:
+    scale = size / max(height, width)
+    return int(height * scale + 0.5), int(width * scale + 0.5)
+
+
+def prepare_image(rgb: np.ndarray, size: int) -> tuple[torch.Tensor, tuple[int, int]]:
+    """Longest side to `size` (bilinear), SAM normalisation, zero padding bottom/right."""
+    new_h, new_w = resized_shape(rgb.shape[0], rgb.shape[1], size)
+    resized = np.asarray(Image.fromarray(rgb).resize((new_w, new_h), Image.Resampling.BILINEAR), dtype=np.float32)
+    normalised = (resized - PIXEL_MEAN) / PIXEL_STD
+    tensor = torch.zeros(3, size, size)
+    tensor[:, :new_h, :new_w] = torch.from_numpy(normalised).permute(2, 0, 1)
+    return tensor, (new_h, new_w)
+
+
+def decode_rle(rle: str, height: int, width: int) -> np.ndarray:
+    return mask_utils.decode({"size": [height, width], "counts": rle.encode()}).astype(bool)
+
+
+def low_res_targets(masks: np.ndarray, size: int, low: int) -> torch.Tensor:
+    """Resized masks padded to size x size, then bilinear to low x low and rounded (the recipe's
+    target: a low-res pixel is foreground when most of its block is)."""
+    padded = torch.zeros(masks.shape[0], 1, size, size)
+    padded[:, 0, : masks.shape[1], : masks.shape[2]] = torch.from_numpy(masks.astype(np.float32))
+    return F.interpolate(padded, size=(low, low), mode="bilinear", align_corners=False).round()[:, 0]
+
+
+def sample_seed(seed: int, position: int) -> int:
+    return int.from_bytes(hashlib.sha256(f"{seed}:{position}".encode()).digest()[:8], "little")
+
+
+class TrainDataset(torch.utils.data.Dataset):
+    """Indexed by (entry index, sample seed) pairs from `InfiniteBatchSampler`."""
+
+    def __init__(self, corpus: Path, entries: Sequence[ImageEntry], image_size: int, low_res: int, flip: bool = True) -> None:
+        self.corpus = corpus
+        self.entries = list(entries)
+        self.image_size = image_size
+        self.low_res = low_res
+        self.flip = flip
+
+    def __len__(self) -> int:
+        return len(self.entries)
+
+    def __getitem__(self, key: tuple[int, int]) -> dict[str, torch.Tensor]:
+        index, seed = key
+        entry = self.entries[index]
+        rng = np.random.default_rng(seed)
+        rgb = read_rgb(self.corpus / "images" / entry.file_name)
+        order = np.arange(len(entry.rles))
+        if len(order) > MAX_INSTANCES:
+            order = np.sort(rng.choice(order, MAX_INSTANCES, replace=False))
+        masks = np.stack([decode_rle(entry.rles[i], entry.height, entry.width) for i in order])
+        boxes = np.array([entry.boxes[i] for i in order], dtype=np.float64)
+        boxes[:, 2:] += boxes[:, :2]  # xywh -> xyxy (exclusive right/bottom edge)
+        if self.flip and rng.random() < 0.5:
+            rgb = rgb[:, ::-1]
+            masks = masks[:, :, ::-1]
+            boxes[:, [0, 2]] = entry.width - boxes[:, [2, 0]]
+        image, (new_h, new_w) = prepare_image(np.ascontiguousarray(rgb), self.image_size)
+        resized = np.stack(
+            [np.asarray(Image.fromarray(m).resize((new_w, new_h), Image.Resampling.NEAREST)) for m in masks.view(np.uint8)]
+        ).astype(bool)
+        keep = resized.reshape(len(resized), -1).any(axis=1)  # an instance can vanish when shrunk
+        resized, boxes = resized[keep], boxes[keep]
+        scale = np.array([new_w / entry.width, new_h / entry.height] * 2)
+        boxes = boxes * scale
+        is_box = rng.random(len(resized)) < 0.5
+        points = np.zeros((len(resized), 2))
+        for i, mask in enumerate(resized):
+            ys, xs = np.nonzero(mask)
+            pick = rng.integers(len(xs))
+            u = rng.random()
+            # one uniform draw inside the pixel, shared by x and y, as in the recipe; SAM's
+            # prompt encoder adds its own +0.5, hence the -0.5 here.
+            points[i] = (xs[pick] + u - 0.5, ys[pick] + u - 0.5)
+        # each corner moves by up to 5 % of the un-jittered box's width or height
+        wh = boxes[:, 2:] - boxes[:, :2]
+        boxes = boxes + rng.uniform(-BOX_JITTER, BOX_JITTER, size=boxes.shape) * np.concatenate([wh, wh], axis=1)
+        return {
+            "image": image,
+            "targets": low_res_targets(resized, self.image_size, self.low_res),
+            "points": torch.from_numpy(points).float(),
+            "boxes": torch.from_numpy(boxes).float(),
+            "is_box": torch.from_numpy(is_box),
+            "image_id": torch.tensor(entry.image_id),
+        }
+
+
+def collate(batch: list[dict[str, torch.Tensor]]) -> dict[str, object]:
+    return {
+        "image": torch.stack([b["image"] for b in batch]),
+        "targets": [b["targets"] for b in batch],
+        "points": [b["points"] for b in batch],
+        "boxes": [b["boxes"] for b in batch],
+        "is_box": [b["is_box"] for b in batch],
+        "image_id": torch.stack([b["image_id"] for b in batch]),
+    }
+
+
+class InfiniteBatchSampler(torch.utils.data.Sampler[list[tuple[int, int]]]):
+    """Endless seeded epochs over the data; rank r of w takes every w-th sample.
+
+    The stream is a pure function of (seed, position), so starting at a step reproduces the
+    batches an uninterrupted run would have drawn from that step on.
+    """
+
+    def __init__(self, size: int, batch_size: int, seed: int, rank: int = 0, world: int = 1, start_step: int = 0) -> None:
+        if size == 0:
+            raise Us43dError("no training images: the selection is empty")
+        self.size, self.batch_size, self.seed, self.rank, self.world = size, batch_size, seed, rank, world
+        self.start_step = start_step
+
+    def _permutation(self, epoch: int) -> torch.Tensor:
+        generator = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
+        return torch.randperm(self.size, generator=generator)
+
+    def __iter__(self) -> Iterator[list[tuple[int, int]]]:
+        step = self.start_step
+        cached_epoch, permutation = -1, torch.empty(0, dtype=torch.long)
+        while True:
+            batch = []
+            for slot in range(self.batch_size):
+                position = (step * self.batch_size + slot) * self.world + self.rank
+                epoch, offset = divmod(position, self.size)
+                if epoch != cached_epoch:
+                    cached_epoch, permutation = epoch, self._permutation(epoch)
+                batch.append((int(permutation[offset]), sample_seed(self.seed, position)))
+            yield batch
+            step += 1
