@@ -1,7 +1,7 @@
 from __future__ import annotations
 
 import numpy as np
-from conftest import ellipse
+from helpers import ellipse
 from pycocotools import mask as mask_utils
 
 from us43d.corpus.cleaning import background_mask, background_threshold

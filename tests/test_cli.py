@@ -4,7 +4,7 @@ import json
 from pathlib import Path
 
 import pytest
-from conftest import make_stu_hospital
+from helpers import make_stu_hospital
 from typer.testing import CliRunner
 
 from us43d.cli import app

@@ -6,7 +6,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 import SimpleITK as sitk
-from conftest import ellipse, write_jpeg, write_png
+from helpers import ellipse, write_jpeg, write_png
 from PIL import Image
 
 from us43d.converters import readers

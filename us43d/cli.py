@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import tempfile
@@ -196,14 +197,142 @@ def stats(out: Annotated[Path, typer.Argument(help="Corpus folder written by `us
     console.print(organs)
 
 
+def _parse_floats(text: str | None, count: int, name: str) -> tuple[float, ...] | None:
+    if text is None:
+        return None
+    try:
+        values = tuple(float(v) for v in text.split(","))
+    except ValueError:
+        values = ()
+    if len(values) != count:
+        raise Us43dError(f"{name} takes {count} comma-separated numbers, got '{text}'")
+    return values
+
+
+@app.command()
+@_friendly
+def train(
+    corpus: Annotated[Path, typer.Option(help="Corpus folder written by `us43d build`.")] = Path("corpus"),
+    out: Annotated[Path, typer.Option(help="Run folder: checkpoints, metrics, loss curves.")] = Path("runs/ultrasam"),
+    exclude: Annotated[Optional[str], typer.Option(help="Organ group(s) to leave out (UltraSam*), e.g. breast or breast,ovary.")] = None,
+    init: Annotated[Optional[Path], typer.Option(help="Start from a SAM, MedSAM, UltraSam (MMDetection) or us43d checkpoint.")] = None,
+    config: Annotated[Optional[Path], typer.Option(help="YAML file of training settings (flags override it).")] = None,
+    resume: Annotated[bool, typer.Option("--resume", help="Continue the run in --out exactly where it stopped.")] = False,
+    model: Annotated[Optional[str], typer.Option(help="vit_b (default), vit_l, vit_h, or tiny (tests, demos).")] = None,
+    iters: Annotated[Optional[int], typer.Option(help="Iterations (default 30,000).")] = None,
+    batch_size: Annotated[Optional[int], typer.Option(help="Images per GPU/process (default 8).")] = None,
+    image_size: Annotated[Optional[int], typer.Option(help="Input side (default: the model's, 1024).")] = None,
+    lr: Annotated[Optional[float], typer.Option(help="Peak learning rate (default 1e-4).")] = None,
+    workers: Annotated[Optional[int], typer.Option(help="Data-loading processes per GPU.")] = None,
+    seed: Annotated[Optional[int], typer.Option(help="Seed of data order and augmentation.")] = None,
+    datasets: Annotated[Optional[str], typer.Option(help="Only these datasets (comma-separated).")] = None,
+    checkpoint_every: Annotated[Optional[int], typer.Option(help="Save every N iterations.")] = None,
+    efficient_attention: Annotated[Optional[bool], typer.Option("--efficient-attention/--no-efficient-attention", help="SDPA attention in the image encoder.")] = None,
+    refine: Annotated[Optional[bool], typer.Option("--refine/--no-refine", help="Refinement pass with the previous mask logits (recipe default: on).")] = None,
+) -> None:
+    """Fine-tune SAM on the corpus with the UltraSam recipe (torchrun for several GPUs)."""
+    from us43d.training.train import TrainConfig
+    from us43d.training.train import train as run_training
+
+    overrides = {
+        "model": model, "iters": iters, "batch_size": batch_size, "image_size": image_size, "lr": lr, "workers": workers,
+        "seed": seed, "checkpoint_every": checkpoint_every, "efficient_attention": efficient_attention, "refine": refine,
+        "exclude": tuple(exclude.split(",")) if exclude else None, "datasets": tuple(datasets.split(",")) if datasets else None,
+        "init": str(init) if init else None,
+    }
+    settings = TrainConfig.from_file(config, **overrides) if config else TrainConfig.from_dict({k: v for k, v in overrides.items() if v is not None})
+    summary = run_training(corpus, out, settings, resume=resume, console=console)
+    console.print(f"done: {summary['steps']} iterations; weights in {out / 'model.pth'}, curves in {out / 'losses.png'}")
+
+
+@app.command("eval")
+@_friendly
+def evaluate_checkpoint(
+    checkpoint: Annotated[Optional[Path], typer.Option(help="Checkpoint to evaluate (SAM, MedSAM, UltraSam or ours).")] = None,
+    corpus: Annotated[Path, typer.Option(help="Corpus folder written by `us43d build`.")] = Path("corpus"),
+    datasets: Annotated[str, typer.Option(help="Test sets, comma-separated.")] = "BUS-BRA,MMOTU-2D,GIST514-DB",
+    prompt: Annotated[str, typer.Option(help="point, box or both.")] = "both",
+    model: Annotated[str, typer.Option(help="Model shape of the checkpoint.")] = "vit_b",
+    image_size: Annotated[Optional[int], typer.Option(help="Input side (default: the model's).")] = None,
+    refine: Annotated[bool, typer.Option("--refine/--no-refine", help="The authors' test-time refinement pass.")] = False,
+    json_out: Annotated[Optional[Path], typer.Option("--json", help="Write {dataset: {prompt: {mAP, mAP50}}} here.")] = None,
+) -> None:
+    """Prompt-based COCO mAP on the official test sets, in the layout of the paper's Table 1."""
+    from us43d.training.evaluate import evaluate, load_predictor
+
+    if prompt not in ("point", "box", "both"):
+        raise Us43dError("--prompt takes point, box or both")
+    prompts = ("point", "box") if prompt == "both" else (prompt,)
+    names = [d.strip() for d in datasets.split(",") if d.strip()]
+    from us43d.registry import Registry
+
+    registry = Registry.load()
+    names = [registry.get(n).id if n in registry else n for n in names]
+    if checkpoint is None:
+        err_console.print("note: no --checkpoint: evaluating randomly initialised weights")
+    predictor = load_predictor(checkpoint, model, image_size)
+    table = evaluate(predictor, corpus, names, prompts, refine=refine)
+    result = Table(title=f"mAP / mAP@50 (%) — {checkpoint or 'random weights'}")
+    result.add_column("prompt")
+    for name in names:
+        result.add_column(name, justify="right")
+    for p in prompts:
+        result.add_row(p, *(f"{table[n][p]['mAP']:.1f} / {table[n][p]['mAP50']:.1f}" for n in names))
+    console.print(result)
+    if json_out:
+        json_out.write_text(json.dumps(table, indent=2) + "\n")
+
+
+@app.command("convert-checkpoint")
+@_friendly
+def convert_checkpoint(
+    source: Annotated[Path, typer.Argument(help="UltraSam.pth (MMDetection names) or any supported checkpoint.")],
+    target: Annotated[Path, typer.Argument(help="Output file.")],
+    to: Annotated[str, typer.Option(help="sam (segment_anything names) or mmdet.")] = "sam",
+) -> None:
+    """Convert between MMDetection (UltraSam release) and segment_anything checkpoints."""
+    from us43d.training.checkpoints import convert_checkpoint as convert
+
+    if to not in ("sam", "mmdet"):
+        raise Us43dError("--to takes sam or mmdet")
+    count = convert(source, target, to)
+    console.print(f"wrote {target}: {count} tensors ({'segment_anything' if to == 'sam' else 'MMDetection'} names)")
+
+
+@app.command()
+@_friendly
+def predict(
+    image: Annotated[Path, typer.Argument(help="Image file.")],
+    checkpoint: Annotated[Path, typer.Option(help="Model checkpoint.")],
+    out: Annotated[Path, typer.Option(help="Mask PNG to write (an overlay PNG is written beside it).")],
+    point: Annotated[Optional[str], typer.Option(help="X,Y in image pixels.")] = None,
+    box: Annotated[Optional[str], typer.Option(help="X0,Y0,X1,Y1 in image pixels.")] = None,
+    model: Annotated[str, typer.Option(help="Model shape of the checkpoint.")] = "vit_b",
+    image_size: Annotated[Optional[int], typer.Option(help="Input side (default: the model's).")] = None,
+) -> None:
+    """Segment one structure of one image from a point or a box."""
+    from us43d.training.evaluate import load_predictor
+    from us43d.training.predict import predict_image, write_prediction
+
+    if (point is None) == (box is None):
+        raise Us43dError("give exactly one of --point X,Y or --box X0,Y0,X1,Y1")
+    mask, score, rgb = predict_image(
+        load_predictor(checkpoint, model, image_size), image, _parse_floats(point, 2, "--point"), _parse_floats(box, 4, "--box")
+    )
+    overlay_path = write_prediction(mask, rgb, out)
+    console.print(f"wrote {out} ({int(mask.sum())} pixels, predicted IoU {score:.3f}) and {overlay_path}")
+
+
 @app.command()
 @_friendly
 def demo(
     directory: Annotated[Optional[Path], typer.Option("--dir", help="Work folder (default: a temporary one, removed after).")] = None,
     patients: Annotated[int, typer.Option(help="Synthetic patients (1-2 images each).")] = 16,
     workers: Annotated[int, typer.Option(help="Worker processes.")] = min(2, os.cpu_count() or 1),
+    train_iters: Annotated[int, typer.Option(help="Iterations of the tiny model's training (0 skips training).")] = 150,
 ) -> None:
-    """Synthetic data in BUS-BRA's raw layout -> build -> validate -> stats, offline."""
+    """Synthetic data in BUS-BRA's raw layout -> build -> validate -> stats -> train a tiny SAM
+    -> evaluate it against its untrained self, offline."""
     from us43d.corpus.build import BuildOptions, build_corpus
     from us43d.corpus.validate import validate_corpus
     from us43d.demo import make_bus_bra_like
@@ -226,11 +355,42 @@ def demo(
         console.print(f"[green]valid[/]: {report.checked_images} images")
         console.print("[bold]3/3[/] statistics")
         stats(out)
+        if train_iters > 0:
+            _demo_training(out, work / "run", train_iters, workers)
         console.print(f"demo finished in {time.perf_counter() - started:.1f}s; corpus in {out}" if directory else
                       f"demo finished in {time.perf_counter() - started:.1f}s")
     finally:
         if directory is None:
             shutil.rmtree(work, ignore_errors=True)
+
+
+def _demo_training(corpus: Path, run: Path, iters: int, workers: int) -> None:
+    try:
+        from us43d.training.evaluate import evaluate, load_predictor
+        from us43d.training.sam import sam_package
+        from us43d.training.train import TrainConfig
+        from us43d.training.train import train as run_training
+
+        sam_package()
+    except Us43dError as exc:  # torch or segment-anything missing: the data demo still stands
+        console.print(f"[yellow]skipping the training part of the demo:[/] {exc}")
+        return
+    import torch
+
+    torch.manual_seed(0)
+    untrained = evaluate(load_predictor(None, "tiny"), corpus, ["BUS-BRA"])
+    console.print(f"[bold]4/5[/] training the tiny model for {iters} iterations (UltraSam recipe, small shapes)")
+    settings = TrainConfig(model="tiny", iters=iters, batch_size=4, lr=1e-3, warmup_iters=20, milestones=(),
+                           workers=0, checkpoint_every=iters, log_every=10)
+    run_training(corpus, run, settings, console=console)
+    trained = evaluate(load_predictor(run / "model.pth", "tiny"), corpus, ["BUS-BRA"])
+    console.print("[bold]5/5[/] evaluation on the synthetic BUS-BRA test fold (official fold 1)")
+    table = Table(title="mAP / mAP@50 (%)")
+    for column in ("model", "point", "box"):
+        table.add_column(column)
+    for name, result in (("untrained", untrained), ("trained", trained)):
+        table.add_row(name, *(f"{result['BUS-BRA'][p]['mAP']:.1f} / {result['BUS-BRA'][p]['mAP50']:.1f}" for p in ("point", "box")))
+    console.print(table)
 
 
 if __name__ == "__main__":

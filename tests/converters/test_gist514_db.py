@@ -4,7 +4,7 @@ import json
 from pathlib import Path
 
 import numpy as np
-from conftest import build, decode, load_json, speckle_image, write_jpeg
+from helpers import build, decode, load_json, speckle_image, write_jpeg
 
 from us43d.converters.readers import polygons_to_mask
 

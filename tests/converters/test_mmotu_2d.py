@@ -3,7 +3,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-from conftest import (
+from helpers import (
     build,
     decode,
     ellipse,

@@ -4,7 +4,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import SAMPLES, build, decode, load_json, make_stu_hospital
+from helpers import SAMPLES, build, decode, load_json, make_stu_hospital
 
 
 def test_fake_tree(tmp_path: Path) -> None:

@@ -105,7 +105,9 @@ def coco_map(ground_truth: dict[str, Any], predictions: Sequence[dict[str, Any]]
         gt.createIndex()
         if not predictions:
             return {"mAP": 0.0, "mAP50": 0.0}
-        detections = gt.loadRes(list(predictions))
+        # loadRes adds fields to the dicts it gets: give it copies so predictions can be reused
+        keys = ("image_id", "category_id", "segmentation", "score")
+        detections = gt.loadRes([{k: p[k] for k in keys} for p in predictions])
         evaluator = COCOeval(gt, detections, iouType="segm")
         evaluator.params.maxDets = [100, 300, 1000]
         evaluator.evaluate()

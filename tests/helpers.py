@@ -1,0 +1,82 @@
+"""Shared test helpers: fake raw trees are written with these, never copied from real data."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from us43d.demo import synthetic_ultrasound
+
+SHARED = Path(__file__).resolve().parents[2] / "shared"
+SAMPLES = SHARED / "samples"
+
+
+def write_png(path: Path, array: np.ndarray) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(array).save(path)
+    return path
+
+
+def write_jpeg(path: Path, array: np.ndarray, quality: int = 90) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(array).save(path, quality=quality)
+    return path
+
+
+def ellipse(shape: tuple[int, int], centre: tuple[float, float], radii: tuple[float, float]) -> np.ndarray:
+    rows, cols = np.mgrid[0 : shape[0], 0 : shape[1]]
+    return ((rows - centre[0]) / radii[0]) ** 2 + ((cols - centre[1]) / radii[1]) ** 2 <= 1.0
+
+
+def speckle_image(rng: np.random.Generator, shape: tuple[int, int]) -> np.ndarray:
+    """A grey ultrasound-like image whose field of view covers the whole frame (no black border)."""
+    return np.clip(rng.rayleigh(60, size=shape), 1, 255).astype(np.uint8)
+
+
+def build(raw: Path, out: Path, ids: list[str] | None = None, strict: bool = False, workers: int = 1, **kw):
+    from us43d.corpus.build import BuildOptions, build_corpus
+    from us43d.registry import Registry
+
+    return build_corpus(Registry.load(kw.pop("registry_dirs", [])), raw, out, ids, BuildOptions(workers=workers, strict=strict, progress=False, **kw))
+
+
+def load_json(path: Path):
+    import json
+
+    return json.loads(path.read_text())
+
+
+def decode(annotation: dict) -> np.ndarray:
+    from pycocotools import mask as mask_utils
+
+    rle = {"size": annotation["segmentation"]["size"], "counts": annotation["segmentation"]["counts"].encode()}
+    return mask_utils.decode(rle).astype(bool)
+
+
+def anti_aliased_upscale(mask: np.ndarray, factor: int = 4) -> np.ndarray:
+    """A mask stored `factor` times larger with an anti-aliased grey rim, as STU-Hospital's are.
+
+    Downscaled as coverage and thresholded at one half it gives back `mask` exactly.
+    """
+    from scipy import ndimage
+
+    big = np.kron(mask.astype(np.uint8), np.ones((factor, factor), np.uint8)).astype(bool)
+    rim = big & ~ndimage.binary_erosion(big)
+    values = np.where(big, 255, 0).astype(np.uint8)
+    values[rim] = 180
+    return values
+
+
+def make_stu_hospital(root: Path, n: int = 5, seed: int = 0, wrapper: str | None = "STU-Hospital-master") -> dict[int, np.ndarray]:
+    """Fake STU-Hospital tree: Hospital/Test_Image_<n>.png (128x128) + mask_<n>.png (512x512)."""
+    rng = np.random.default_rng(seed)
+    folder = (root / wrapper if wrapper else root) / "Hospital"
+    truth = {}
+    for number in range(1, n + 1):
+        mask = ellipse((128, 128), (rng.uniform(40, 90), rng.uniform(40, 90)), (rng.uniform(10, 25), rng.uniform(10, 25)))
+        write_png(folder / f"Test_Image_{number}.png", speckle_image(rng, (128, 128)))
+        write_png(folder / f"mask_{number}.png", anti_aliased_upscale(mask))
+        truth[number] = mask
+    return truth
