@@ -21,10 +21,14 @@ import torch.nn.functional as F
 from torch import nn
 
 
-def _rel_pos(q_size: int, k_size: int, rel_pos: torch.Tensor) -> torch.Tensor:
-    from segment_anything.modeling.image_encoder import get_rel_pos
+def _image_encoder_module() -> Any:
+    from us43d.training.sam import sam_package
 
-    return get_rel_pos(q_size, k_size, rel_pos)
+    return sam_package().modeling.image_encoder
+
+
+def _rel_pos(q_size: int, k_size: int, rel_pos: torch.Tensor) -> torch.Tensor:
+    return _image_encoder_module().get_rel_pos(q_size, k_size, rel_pos)
 
 
 def efficient_attention_forward(self: Any, x: torch.Tensor) -> torch.Tensor:
@@ -60,11 +64,10 @@ def use_efficient_attention(model: nn.Module, enabled: bool = True) -> int:
     The parameters and their names are untouched, so checkpoints are interchangeable.
     Returns the number of attention modules switched.
     """
-    from segment_anything.modeling.image_encoder import Attention
-
+    attention_type = _image_encoder_module().Attention
     count = 0
     for module in model.modules():
-        if isinstance(module, Attention):
+        if isinstance(module, attention_type):
             if enabled:
                 module.forward = efficient_attention_forward.__get__(module)
             elif "forward" in module.__dict__:
