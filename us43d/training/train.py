@@ -144,7 +144,20 @@ def step_losses(sam: torch.nn.Module, batch: dict[str, Any], config: TrainConfig
 
 def _save(run: Path, sam: torch.nn.Module, optimizer: torch.optim.Optimizer, step: int, config: TrainConfig) -> None:
     weights = {k: v.detach().cpu() for k, v in sam.state_dict().items()}
-    atomic_save({"model": weights, "optimizer": optimizer.state_dict(), "step": step, "config": asdict(config)}, run / "checkpoint.pt")
+    atomic_save(
+        {
+            "model": weights,
+            "optimizer": optimizer.state_dict(),
+            "step": step,
+            "config": asdict(config),
+            # The schedule and the data stream are functions of the step; they are stored so a
+            # reader sees the whole state, and checked on resume.
+            "scheduler": {"step": step, "lr": optimizer.param_groups[0]["lr"], "factor": lr_factor(step, config)},
+            "sampler": {"seed": config.seed, "next_step": step, "batch_size": config.batch_size},
+            "rng": {"torch": torch.get_rng_state()},
+        },
+        run / "checkpoint.pt",
+    )
     atomic_save(weights, run / "model.pth")  # segment_anything format: sam_model_registry[...](checkpoint=...)
 
 
@@ -198,6 +211,8 @@ def _train(corpus: Path, run: Path, config: TrainConfig, state: dict[str, Any] |
     if state is not None:
         optimizer.load_state_dict(state["optimizer"])
         start = int(state["step"])
+        if "rng" in state:
+            torch.set_rng_state(state["rng"]["torch"])
     dataset = TrainDataset(corpus, selection.entries, shape.image_size, shape.low_res_size, flip=config.flip)
     sampler = InfiniteBatchSampler(len(dataset), config.batch_size, config.seed, ctx.rank, ctx.world, start_step=start)
     loader = torch.utils.data.DataLoader(
