@@ -80,3 +80,43 @@ def make_stu_hospital(root: Path, n: int = 5, seed: int = 0, wrapper: str | None
         write_png(folder / f"mask_{number}.png", anti_aliased_upscale(mask))
         truth[number] = mask
     return truth
+
+
+def write_pair(
+    rng: np.random.Generator,
+    image_path: Path,
+    mask_path: Path | None,
+    shape: tuple[int, int] = (60, 80),
+    foreground: int = 255,
+    mask: np.ndarray | None = None,
+) -> np.ndarray:
+    """A speckle image and an elliptic lesion mask in the formats their suffixes name."""
+    if mask is None:
+        mask = ellipse(shape, (rng.uniform(0.35, 0.65) * shape[0], rng.uniform(0.35, 0.65) * shape[1]), (shape[0] / 6, shape[1] / 6))
+    for path, array in ((image_path, speckle_image(rng, shape)), (mask_path, np.where(mask, foreground, 0).astype(np.uint8))):
+        if path is None:
+            continue
+        path.parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(array).save(path, **({"quality": 95} if path.suffix.lower() in (".jpg", ".jpeg") else {}))
+    return mask
+
+
+def built_instances(raw: Path, out: Path, dataset_id: str, **kw):
+    """Build one dataset; return (result, {source_file: [(category, split, group, mask)]})."""
+    result = build(raw, out, [dataset_id], **kw)
+    found: dict[str, list] = {}
+    for split in ("train", "val", "test"):
+        path = out / "coco" / dataset_id / f"{split}.json"
+        if not path.exists():
+            continue
+        doc = load_json(path)
+        names = {c["id"]: c["name"] for c in doc["categories"]}
+        images = {i["id"]: i for i in doc["images"]}
+        for a in doc["annotations"]:
+            image = images[a["image_id"]]
+            found.setdefault(image["source_file"], []).append((names[a["category_id"]], split, image["group"], decode(a)))
+    return result, found
+
+
+def iou(a: np.ndarray, b: np.ndarray) -> float:
+    return float((a & b).sum() / max((a | b).sum(), 1))

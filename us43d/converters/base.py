@@ -138,3 +138,40 @@ def one_class_sample(item: Item, image: Any, mask: np.ndarray, category: str) ->
         label_names={1: category},
         lossy=image.lossy,
     )
+
+
+def find_folder(raw: Path, marker: str, max_depth: int = 5) -> Path:
+    """The folder whose path ends with `marker` ("tn3k", "2_preprocessed_data/stage1"),
+    searched a few levels below `raw`: releases nest their data under title folders, and
+    combined archives (one download serving several datasets) nest them deeper."""
+    parts = tuple(Path(marker).parts)
+    found: list[Path] = []
+    frontier = [raw]
+    for _ in range(max_depth + 1):
+        following = []
+        for folder in frontier:
+            if folder.parts[-len(parts):] == parts and folder != raw:
+                found.append(folder)
+                continue
+            try:
+                following.extend(sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith((".", "__MACOSX"))))
+            except OSError as exc:
+                raise ConversionError(f"cannot list folder ({exc})", source_file=str(folder)) from exc
+        if found:
+            break
+        frontier = following
+    if not found:
+        raise ConversionError(f"expected a folder '{marker}' in the raw folder", source_file=str(raw))
+    if len(found) > 1:
+        raise ConversionError(f"several folders match '{marker}': {[relative(raw, f) for f in found[:3]]}", source_file=str(raw))
+    return found[0]
+
+
+def files_by_stem(folder: Path, suffixes: tuple[str, ...], strip: str = "") -> dict[str, Path]:
+    """Files of `folder` with one of `suffixes` (case-insensitive), keyed by stem minus `strip`."""
+    if not folder.is_dir():
+        raise ConversionError("folder is missing", source_file=str(folder))
+    lowered = tuple(s.lower() for s in suffixes)
+    return {
+        p.stem.removesuffix(strip): p for p in sorted(folder.iterdir()) if p.is_file() and p.suffix.lower() in lowered
+    }

@@ -304,3 +304,28 @@ def nonzero_mask(path: Path, shape: tuple[int, int]) -> np.ndarray:
     values = read_mask_values(path)
     _check_resize(path, values.shape, shape, allow=False)
     return values > 0
+
+
+_EIGHT_CONNECTED = np.ones((3, 3), dtype=bool)
+
+
+def connected_components(mask: np.ndarray) -> list[np.ndarray]:
+    """Each 8-connected component of a boolean mask as its own mask, in label order."""
+    from scipy import ndimage
+
+    labels, count = ndimage.label(mask, structure=_EIGHT_CONNECTED)
+    if count == 1:
+        return [labels == 1]
+    parts = []
+    for index, region in enumerate(ndimage.find_objects(labels), start=1):
+        part = np.zeros(mask.shape, dtype=bool)
+        part[region] = labels[region] == index
+        parts.append(part)
+    return parts
+
+
+def filled_outline(mask: np.ndarray) -> np.ndarray:
+    """A closed outline (an ellipse drawn as a line) turned into the region it encloses."""
+    from scipy import ndimage
+
+    return ndimage.binary_fill_holes(mask)

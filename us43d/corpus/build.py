@@ -60,6 +60,7 @@ STATE_VERSION = 1
 _CODE_FILES = (
     "converters/base.py",
     "converters/readers.py",
+    "converters/pairs.py",
     "corpus/cleaning.py",
     "corpus/instances.py",
     "corpus/process.py",

@@ -7,9 +7,8 @@ from dataclasses import dataclass
 
 import numpy as np
 from pycocotools import mask as mask_utils
-from scipy import ndimage
 
-_EIGHT_CONNECTED = np.ones((3, 3), dtype=bool)
+from us43d.converters.readers import connected_components
 
 
 @dataclass(frozen=True)
@@ -36,19 +35,6 @@ def encode(mask: np.ndarray, category: str) -> Instance:
     return Instance(category, rle["counts"].decode("ascii"), bbox, int(np.count_nonzero(mask)))
 
 
-def _components(mask: np.ndarray) -> list[np.ndarray]:
-    labels, count = ndimage.label(mask, structure=_EIGHT_CONNECTED)
-    if count == 1:
-        return [labels == 1]
-    slices = ndimage.find_objects(labels)
-    parts = []
-    for index, region in enumerate(slices, start=1):
-        part = np.zeros(mask.shape, dtype=bool)
-        part[region] = labels[region] == index
-        parts.append(part)
-    return parts
-
-
 def extract_instances(
     label_map: np.ndarray | None,
     label_names: Mapping[int, str],
@@ -70,7 +56,7 @@ def extract_instances(
             if cleaned:
                 label_map = np.where(on_background, 0, label_map)
         for value in sorted(int(v) for v in np.unique(label_map) if v != 0):
-            candidates.extend((label_names[value], part) for part in _components(label_map == value))
+            candidates.extend((label_names[value], part) for part in connected_components(label_map == value))
     else:
         for category, mask in given or []:
             if background is not None:
