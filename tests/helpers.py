@@ -7,8 +7,6 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from us43d.demo import synthetic_ultrasound
-
 SHARED = Path(__file__).resolve().parents[2] / "shared"
 SAMPLES = SHARED / "samples"
 
@@ -39,7 +37,13 @@ def build(raw: Path, out: Path, ids: list[str] | None = None, strict: bool = Fal
     from us43d.corpus.build import BuildOptions, build_corpus
     from us43d.registry import Registry
 
-    return build_corpus(Registry.load(kw.pop("registry_dirs", [])), raw, out, ids, BuildOptions(workers=workers, strict=strict, progress=False, **kw))
+    return build_corpus(
+        Registry.load(kw.pop("registry_dirs", [])),
+        raw,
+        out,
+        ids,
+        BuildOptions(workers=workers, strict=strict, progress=False, **kw),
+    )
 
 
 def load_json(path: Path):
@@ -69,7 +73,9 @@ def anti_aliased_upscale(mask: np.ndarray, factor: int = 4) -> np.ndarray:
     return values
 
 
-def make_stu_hospital(root: Path, n: int = 5, seed: int = 0, wrapper: str | None = "STU-Hospital-master") -> dict[int, np.ndarray]:
+def make_stu_hospital(
+    root: Path, n: int = 5, seed: int = 0, wrapper: str | None = "STU-Hospital-master"
+) -> dict[int, np.ndarray]:
     """Fake STU-Hospital tree: Hospital/Test_Image_<n>.png (128x128) + mask_<n>.png (512x512)."""
     rng = np.random.default_rng(seed)
     folder = (root / wrapper if wrapper else root) / "Hospital"
@@ -92,7 +98,9 @@ def write_pair(
 ) -> np.ndarray:
     """A speckle image and an elliptic lesion mask in the formats their suffixes name."""
     if mask is None:
-        mask = ellipse(shape, (rng.uniform(0.35, 0.65) * shape[0], rng.uniform(0.35, 0.65) * shape[1]), (shape[0] / 6, shape[1] / 6))
+        mask = ellipse(
+            shape, (rng.uniform(0.35, 0.65) * shape[0], rng.uniform(0.35, 0.65) * shape[1]), (shape[0] / 6, shape[1] / 6)
+        )
     for path, array in ((image_path, speckle_image(rng, shape)), (mask_path, np.where(mask, foreground, 0).astype(np.uint8))):
         if path is None:
             continue

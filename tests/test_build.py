@@ -21,8 +21,12 @@ from us43d.corpus.validate import validate_corpus
 from us43d.errors import CorpusError, RegistryError
 
 OUTPUTS = [
-    "coco/train.json", "coco/val.json", "coco/STU-Hospital/train.json", "coco/STU-Hospital/val.json",
-    "parquet/images.parquet", "parquet/annotations.parquet",
+    "coco/train.json",
+    "coco/val.json",
+    "coco/STU-Hospital/train.json",
+    "coco/STU-Hospital/val.json",
+    "parquet/images.parquet",
+    "parquet/annotations.parquet",
 ]
 
 
@@ -77,8 +81,11 @@ def test_bad_inputs_are_reported_and_the_rest_is_built(tmp_path: Path, rng: np.r
     report = result.reports["STU-Hospital"]
     reasons = {e["file"]: e["reason"] for e in result.errors}
     assert set(reasons) == {
-        "Hospital/Test_Image_1.png", "Hospital/Test_Image_2.png", "Hospital/mask_3.png",
-        "Hospital/mask_4.png", "Hospital/Test_Image_6.png",
+        "Hospital/Test_Image_1.png",
+        "Hospital/Test_Image_2.png",
+        "Hospital/mask_3.png",
+        "Hospital/mask_4.png",
+        "Hospital/Test_Image_6.png",
     }
     assert reasons["Hospital/Test_Image_1.png"].startswith("cannot decode image")
     assert "not binary" in reasons["Hospital/mask_3.png"]
@@ -134,9 +141,18 @@ def test_cleaning_is_counted_and_can_be_switched_off(tmp_path: Path, rng: np.ran
     registry = tmp_path / "registry"
     registry.mkdir()
     entry = {
-        "id": "Fanned", "name": "n", "description": "d", "organ": "breast", "application": "a", "modality": "image",
-        "categories": ["lesion"], "licence": "unknown", "access": "manual", "converter": "stu_hospital",
-        "test_split": {"kind": "none"}, "min_area": 1,
+        "id": "Fanned",
+        "name": "n",
+        "description": "d",
+        "organ": "breast",
+        "application": "a",
+        "modality": "image",
+        "categories": ["lesion"],
+        "licence": "unknown",
+        "access": "manual",
+        "converter": "stu_hospital",
+        "test_split": {"kind": "none"},
+        "min_area": 1,
     }
     (registry / "Fanned.yaml").write_text(yaml.safe_dump(entry))
     on = build(tmp_path / "raw", tmp_path / "on", ["Fanned"], registry_dirs=[registry])

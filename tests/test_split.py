@@ -8,7 +8,15 @@ from us43d.corpus.split import assign_splits
 
 def record(key: str, group: str, category: str = "a", test: bool = False) -> ImageRecord:
     return ImageRecord(
-        "DS", key, f"DS/{key}.png", 10, 10, f"{key}.png", None, group, "test" if test else None,
+        "DS",
+        key,
+        f"DS/{key}.png",
+        10,
+        10,
+        f"{key}.png",
+        None,
+        group,
+        "test" if test else None,
         (AnnotationRecord(category, "", (0, 0, 1, 1), 1),),
     )
 

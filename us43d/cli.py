@@ -7,9 +7,10 @@ import os
 import shutil
 import tempfile
 import time
+from collections.abc import Callable
 from functools import wraps
 from pathlib import Path
-from typing import Annotated, Any, Callable, Optional
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
@@ -28,7 +29,7 @@ console = Console()
 err_console = Console(stderr=True)
 
 RegistryDirs = Annotated[
-    Optional[list[Path]],
+    list[Path] | None,
     typer.Option("--registry", help="Extra registry directory of YAML entries (repeatable; also US43D_REGISTRY_PATH)."),
 ]
 
@@ -56,9 +57,9 @@ def _registry(dirs: list[Path] | None):
 @app.command("list")
 @_friendly
 def list_datasets(
-    organ: Annotated[Optional[str], typer.Option(help="Only this organ group (the word --exclude takes).")] = None,
-    modality: Annotated[Optional[str], typer.Option(help="image, volume or video.")] = None,
-    access: Annotated[Optional[str], typer.Option(help="open, credentials or manual.")] = None,
+    organ: Annotated[str | None, typer.Option(help="Only this organ group (the word --exclude takes).")] = None,
+    modality: Annotated[str | None, typer.Option(help="image, volume or video.")] = None,
+    access: Annotated[str | None, typer.Option(help="open, credentials or manual.")] = None,
     registry: RegistryDirs = None,
 ) -> None:
     """List the registry's datasets."""
@@ -69,7 +70,12 @@ def list_datasets(
         table.add_column(column, overflow="fold")
     for e in entries:
         table.add_row(
-            e.id, e.organ, e.application, e.modality, e.access, ", ".join(e.categories),
+            e.id,
+            e.organ,
+            e.application,
+            e.modality,
+            e.access,
+            ", ".join(e.categories),
             "official" if e.test_split.kind == "official" else "-",
             f"{e.expected.images:,}" if e.expected.images is not None else "?",
         )
@@ -78,7 +84,9 @@ def list_datasets(
 
 @app.command()
 @_friendly
-def info(dataset_id: Annotated[str, typer.Argument(help="Dataset id (case-insensitive).")], registry: RegistryDirs = None) -> None:
+def info(
+    dataset_id: Annotated[str, typer.Argument(help="Dataset id (case-insensitive).")], registry: RegistryDirs = None
+) -> None:
     """Everything the registry knows about one dataset."""
     import yaml
 
@@ -114,7 +122,7 @@ def docs(
 @app.command()
 @_friendly
 def build(
-    datasets: Annotated[Optional[list[str]], typer.Argument(help="Dataset ids; default: every dataset found in RAW.")] = None,
+    datasets: Annotated[list[str] | None, typer.Argument(help="Dataset ids; default: every dataset found in RAW.")] = None,
     raw: Annotated[Path, typer.Option(help="Folder holding RAW/<ID>/ as distributed (archives extracted).")] = Path("raw"),
     out: Annotated[Path, typer.Option(help="Corpus output folder.")] = Path("corpus"),
     workers: Annotated[int, typer.Option(help="Worker processes.")] = os.cpu_count() or 1,
@@ -127,8 +135,12 @@ def build(
     from us43d.corpus.build import BuildOptions, build_corpus
 
     result = build_corpus(
-        _registry(registry), raw, out, datasets,
-        BuildOptions(workers=workers, strict=strict, seed=seed, force=force, progress=True), console,
+        _registry(registry),
+        raw,
+        out,
+        datasets,
+        BuildOptions(workers=workers, strict=strict, seed=seed, force=force, progress=True),
+        console,
     )
     _print_build(result)
 
@@ -140,8 +152,15 @@ def _print_build(result: Any) -> None:
     for dataset_id, r in sorted(result.reports.items()):
         splits = result.split_counts.get(dataset_id, {})
         table.add_row(
-            dataset_id, str(r.images), str(r.instances), str(splits.get("train", 0)), str(splits.get("val", 0)),
-            str(splits.get("test", 0)), str(r.dropped_without_instances), str(r.cleaned_pixels), str(len(r.errors)),
+            dataset_id,
+            str(r.images),
+            str(r.instances),
+            str(splits.get("train", 0)),
+            str(splits.get("val", 0)),
+            str(splits.get("test", 0)),
+            str(r.dropped_without_instances),
+            str(r.cleaned_pixels),
+            str(len(r.errors)),
             "unchanged" if r.reused else f"{r.seconds:.1f}s",
         )
     console.print(table)
@@ -184,9 +203,11 @@ def stats(out: Annotated[Path, typer.Argument(help="Corpus folder written by `us
         table.add_column(column, justify="left" if column in ("dataset", "organ") else "right")
     for dataset_id, row in result.by_dataset.iterrows():
         table.add_row(
-            str(dataset_id), row["organ"],
+            str(dataset_id),
+            row["organ"],
             *(f"{row[f'{s}_images']} / {row[f'{s}_instances']}" for s in ("train", "val", "test")),
-            str(row["images"]), str(row["instances"]),
+            str(row["images"]),
+            str(row["instances"]),
         )
     console.print(table)
     organs = Table(title="per organ group")
@@ -214,33 +235,55 @@ def _parse_floats(text: str | None, count: int, name: str) -> tuple[float, ...] 
 def train(
     corpus: Annotated[Path, typer.Option(help="Corpus folder written by `us43d build`.")] = Path("corpus"),
     out: Annotated[Path, typer.Option(help="Run folder: checkpoints, metrics, loss curves.")] = Path("runs/ultrasam"),
-    exclude: Annotated[Optional[str], typer.Option(help="Organ group(s) to leave out (UltraSam*), e.g. breast or breast,ovary.")] = None,
-    init: Annotated[Optional[Path], typer.Option(help="Start from a SAM, MedSAM, UltraSam (MMDetection) or us43d checkpoint.")] = None,
-    config: Annotated[Optional[Path], typer.Option(help="YAML file of training settings (flags override it).")] = None,
+    exclude: Annotated[
+        str | None, typer.Option(help="Organ group(s) to leave out (UltraSam*), e.g. breast or breast,ovary.")
+    ] = None,
+    init: Annotated[
+        Path | None, typer.Option(help="Start from a SAM, MedSAM, UltraSam (MMDetection) or us43d checkpoint.")
+    ] = None,
+    config: Annotated[Path | None, typer.Option(help="YAML file of training settings (flags override it).")] = None,
     resume: Annotated[bool, typer.Option("--resume", help="Continue the run in --out exactly where it stopped.")] = False,
-    model: Annotated[Optional[str], typer.Option(help="vit_b (default), vit_l, vit_h, or tiny (tests, demos).")] = None,
-    iters: Annotated[Optional[int], typer.Option(help="Iterations (default 30,000).")] = None,
-    batch_size: Annotated[Optional[int], typer.Option(help="Images per GPU/process (default 8).")] = None,
-    image_size: Annotated[Optional[int], typer.Option(help="Input side (default: the model's, 1024).")] = None,
-    lr: Annotated[Optional[float], typer.Option(help="Peak learning rate (default 1e-4).")] = None,
-    workers: Annotated[Optional[int], typer.Option(help="Data-loading processes per GPU.")] = None,
-    seed: Annotated[Optional[int], typer.Option(help="Seed of data order and augmentation.")] = None,
-    datasets: Annotated[Optional[str], typer.Option(help="Only these datasets (comma-separated).")] = None,
-    checkpoint_every: Annotated[Optional[int], typer.Option(help="Save every N iterations.")] = None,
-    efficient_attention: Annotated[Optional[bool], typer.Option("--efficient-attention/--no-efficient-attention", help="SDPA attention in the image encoder.")] = None,
-    refine: Annotated[Optional[bool], typer.Option("--refine/--no-refine", help="Refinement pass with the previous mask logits (recipe default: on).")] = None,
+    model: Annotated[str | None, typer.Option(help="vit_b (default), vit_l, vit_h, or tiny (tests, demos).")] = None,
+    iters: Annotated[int | None, typer.Option(help="Iterations (default 30,000).")] = None,
+    batch_size: Annotated[int | None, typer.Option(help="Images per GPU/process (default 8).")] = None,
+    image_size: Annotated[int | None, typer.Option(help="Input side (default: the model's, 1024).")] = None,
+    lr: Annotated[float | None, typer.Option(help="Peak learning rate (default 1e-4).")] = None,
+    workers: Annotated[int | None, typer.Option(help="Data-loading processes per GPU.")] = None,
+    seed: Annotated[int | None, typer.Option(help="Seed of data order and augmentation.")] = None,
+    datasets: Annotated[str | None, typer.Option(help="Only these datasets (comma-separated).")] = None,
+    checkpoint_every: Annotated[int | None, typer.Option(help="Save every N iterations.")] = None,
+    efficient_attention: Annotated[
+        bool | None, typer.Option("--efficient-attention/--no-efficient-attention", help="SDPA attention in the image encoder.")
+    ] = None,
+    refine: Annotated[
+        bool | None,
+        typer.Option("--refine/--no-refine", help="Refinement pass with the previous mask logits (recipe default: on)."),
+    ] = None,
 ) -> None:
     """Fine-tune SAM on the corpus with the UltraSam recipe (torchrun for several GPUs)."""
     from us43d.training.train import TrainConfig
     from us43d.training.train import train as run_training
 
     overrides = {
-        "model": model, "iters": iters, "batch_size": batch_size, "image_size": image_size, "lr": lr, "workers": workers,
-        "seed": seed, "checkpoint_every": checkpoint_every, "efficient_attention": efficient_attention, "refine": refine,
-        "exclude": tuple(exclude.split(",")) if exclude else None, "datasets": tuple(datasets.split(",")) if datasets else None,
+        "model": model,
+        "iters": iters,
+        "batch_size": batch_size,
+        "image_size": image_size,
+        "lr": lr,
+        "workers": workers,
+        "seed": seed,
+        "checkpoint_every": checkpoint_every,
+        "efficient_attention": efficient_attention,
+        "refine": refine,
+        "exclude": tuple(exclude.split(",")) if exclude else None,
+        "datasets": tuple(datasets.split(",")) if datasets else None,
         "init": str(init) if init else None,
     }
-    settings = TrainConfig.from_file(config, **overrides) if config else TrainConfig.from_dict({k: v for k, v in overrides.items() if v is not None})
+    settings = (
+        TrainConfig.from_file(config, **overrides)
+        if config
+        else TrainConfig.from_dict({k: v for k, v in overrides.items() if v is not None})
+    )
     summary = run_training(corpus, out, settings, resume=resume, console=console)
     console.print(f"done: {summary['steps']} iterations; weights in {out / 'model.pth'}, curves in {out / 'losses.png'}")
 
@@ -248,14 +291,14 @@ def train(
 @app.command("eval")
 @_friendly
 def evaluate_checkpoint(
-    checkpoint: Annotated[Optional[Path], typer.Option(help="Checkpoint to evaluate (SAM, MedSAM, UltraSam or ours).")] = None,
+    checkpoint: Annotated[Path | None, typer.Option(help="Checkpoint to evaluate (SAM, MedSAM, UltraSam or ours).")] = None,
     corpus: Annotated[Path, typer.Option(help="Corpus folder written by `us43d build`.")] = Path("corpus"),
     datasets: Annotated[str, typer.Option(help="Test sets, comma-separated.")] = "BUS-BRA,MMOTU-2D,GIST514-DB",
     prompt: Annotated[str, typer.Option(help="point, box or both.")] = "both",
     model: Annotated[str, typer.Option(help="Model shape of the checkpoint.")] = "vit_b",
-    image_size: Annotated[Optional[int], typer.Option(help="Input side (default: the model's).")] = None,
+    image_size: Annotated[int | None, typer.Option(help="Input side (default: the model's).")] = None,
     refine: Annotated[bool, typer.Option("--refine/--no-refine", help="The authors' test-time refinement pass.")] = False,
-    json_out: Annotated[Optional[Path], typer.Option("--json", help="Write {dataset: {prompt: {mAP, mAP50}}} here.")] = None,
+    json_out: Annotated[Path | None, typer.Option("--json", help="Write {dataset: {prompt: {mAP, mAP50}}} here.")] = None,
 ) -> None:
     """Prompt-based COCO mAP on the official test sets, in the layout of the paper's Table 1."""
     from us43d.training.evaluate import evaluate, load_predictor
@@ -305,10 +348,10 @@ def predict(
     image: Annotated[Path, typer.Argument(help="Image file.")],
     checkpoint: Annotated[Path, typer.Option(help="Model checkpoint.")],
     out: Annotated[Path, typer.Option(help="Mask PNG to write (an overlay PNG is written beside it).")],
-    point: Annotated[Optional[str], typer.Option(help="X,Y in image pixels.")] = None,
-    box: Annotated[Optional[str], typer.Option(help="X0,Y0,X1,Y1 in image pixels.")] = None,
+    point: Annotated[str | None, typer.Option(help="X,Y in image pixels.")] = None,
+    box: Annotated[str | None, typer.Option(help="X0,Y0,X1,Y1 in image pixels.")] = None,
     model: Annotated[str, typer.Option(help="Model shape of the checkpoint.")] = "vit_b",
-    image_size: Annotated[Optional[int], typer.Option(help="Input side (default: the model's).")] = None,
+    image_size: Annotated[int | None, typer.Option(help="Input side (default: the model's).")] = None,
 ) -> None:
     """Segment one structure of one image from a point or a box."""
     from us43d.training.evaluate import load_predictor
@@ -326,7 +369,9 @@ def predict(
 @app.command()
 @_friendly
 def demo(
-    directory: Annotated[Optional[Path], typer.Option("--dir", help="Work folder (default: a temporary one, removed after).")] = None,
+    directory: Annotated[
+        Path | None, typer.Option("--dir", help="Work folder (default: a temporary one, removed after).")
+    ] = None,
     patients: Annotated[int, typer.Option(help="Synthetic patients (1-2 images each).")] = 16,
     workers: Annotated[int, typer.Option(help="Worker processes.")] = min(2, os.cpu_count() or 1),
     train_iters: Annotated[int, typer.Option(help="Iterations of the tiny model's training (0 skips training).")] = 150,
@@ -357,8 +402,11 @@ def demo(
         stats(out)
         if train_iters > 0:
             _demo_training(out, work / "run", train_iters, workers)
-        console.print(f"demo finished in {time.perf_counter() - started:.1f}s; corpus in {out}" if directory else
-                      f"demo finished in {time.perf_counter() - started:.1f}s")
+        console.print(
+            f"demo finished in {time.perf_counter() - started:.1f}s; corpus in {out}"
+            if directory
+            else f"demo finished in {time.perf_counter() - started:.1f}s"
+        )
     finally:
         if directory is None:
             shutil.rmtree(work, ignore_errors=True)
@@ -380,8 +428,17 @@ def _demo_training(corpus: Path, run: Path, iters: int, workers: int) -> None:
     torch.manual_seed(0)
     untrained = evaluate(load_predictor(None, "tiny"), corpus, ["BUS-BRA"])
     console.print(f"[bold]4/5[/] training the tiny model for {iters} iterations (UltraSam recipe, small shapes)")
-    settings = TrainConfig(model="tiny", iters=iters, batch_size=4, lr=1e-3, warmup_iters=20, milestones=(),
-                           workers=0, checkpoint_every=iters, log_every=10)
+    settings = TrainConfig(
+        model="tiny",
+        iters=iters,
+        batch_size=4,
+        lr=1e-3,
+        warmup_iters=20,
+        milestones=(),
+        workers=0,
+        checkpoint_every=iters,
+        log_every=10,
+    )
     run_training(corpus, run, settings, console=console)
     trained = evaluate(load_predictor(run / "model.pth", "tiny"), corpus, ["BUS-BRA"])
     console.print("[bold]5/5[/] evaluation on the synthetic BUS-BRA test fold (official fold 1)")
@@ -389,7 +446,9 @@ def _demo_training(corpus: Path, run: Path, iters: int, workers: int) -> None:
     for column in ("model", "point", "box"):
         table.add_column(column)
     for name, result in (("untrained", untrained), ("trained", trained)):
-        table.add_row(name, *(f"{result['BUS-BRA'][p]['mAP']:.1f} / {result['BUS-BRA'][p]['mAP50']:.1f}" for p in ("point", "box")))
+        table.add_row(
+            name, *(f"{result['BUS-BRA'][p]['mAP']:.1f} / {result['BUS-BRA'][p]['mAP50']:.1f}" for p in ("point", "box"))
+        )
     console.print(table)
 
 

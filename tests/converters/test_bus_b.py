@@ -1,7 +1,6 @@
 from pathlib import Path
 
 import numpy as np
-
 from helpers import built_instances, write_pair
 
 
@@ -12,6 +11,6 @@ def test_fake_tree(tmp_path: Path, rng: np.random.Generator) -> None:
     result, found = built_instances(tmp_path / "raw", tmp_path / "out", "BUS-B")
     assert result.reports["BUS-B"].images == 4
     assert [e["reason"] for e in result.errors] == ["image has no matching mask"]
-    (category, _, _, mask), = found["BUS/original/000003.png"]
+    ((category, _, _, mask),) = found["BUS/original/000003.png"]
     assert category == "breast lesion"
     np.testing.assert_array_equal(mask, truth[3])

@@ -1,7 +1,6 @@
 from pathlib import Path
 
 import numpy as np
-
 from helpers import built_instances, write_pair
 
 
@@ -15,10 +14,10 @@ def test_fake_tree(tmp_path: Path, rng: np.random.Generator) -> None:
     result, found = built_instances(tmp_path / "raw", tmp_path / "out", "CCAUI")
     assert result.errors == [] and result.reports["CCAUI"].images == 9
     name = "202201121748100023CAR_slice_2.png"
-    (category, split, group, mask), = found[f"Common Carotid Artery Ultrasound Images/US images/{name}"]
+    ((category, split, group, mask),) = found[f"Common Carotid Artery Ultrasound Images/US images/{name}"]
     assert category == "carotid artery" and group == "202201121748100023CAR"
     np.testing.assert_array_equal(mask, truth[name])
     splits_per_series = {}
-    for source, rows in found.items():
+    for rows in found.values():
         splits_per_series.setdefault(rows[0][2], set()).add(rows[0][1])
     assert all(len(s) == 1 for s in splits_per_series.values())

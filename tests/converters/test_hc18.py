@@ -1,9 +1,8 @@
 from pathlib import Path
 
 import numpy as np
-from scipy import ndimage
-
 from helpers import built_instances, ellipse, write_pair
+from scipy import ndimage
 
 
 def test_fake_tree(tmp_path: Path, rng: np.random.Generator) -> None:
@@ -16,7 +15,7 @@ def test_fake_tree(tmp_path: Path, rng: np.random.Generator) -> None:
         truth[stem] = head
     result, found = built_instances(tmp_path / "raw", tmp_path / "out", "HC18")
     assert result.errors == [] and result.reports["HC18"].images == 5
-    (category, split, group, mask), = found["training_set/002_2HC.png"]
+    ((category, split, group, mask),) = found["training_set/002_2HC.png"]
     assert category == "fetal head" and group == "002"
     np.testing.assert_array_equal(mask, truth["002_2HC"])  # filled, not the outline
     assert found["training_set/002_HC.png"][0][1] == split  # one examination, one split

@@ -1,7 +1,6 @@
 from pathlib import Path
 
 import numpy as np
-
 from helpers import built_instances, write_pair
 
 
@@ -18,6 +17,6 @@ def test_fake_tree(tmp_path: Path, rng: np.random.Generator) -> None:
     assert result.errors == [] and result.reports["kidneyUS"].images == 4
     assert result.reports["kidneyUS"].dropped_without_instances == 1
     source = "kidneyUS_images_14_june_2022/kidneyUS_images_14_june_2022/2_IM-0002-0002_anon.png"
-    (category, _, group, mask), = found[source]
+    ((category, _, group, mask),) = found[source]
     assert category == "kidney" and group == "2"
     np.testing.assert_array_equal(mask, truth["2_IM-0002-0002_anon"])

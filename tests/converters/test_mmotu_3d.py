@@ -1,7 +1,6 @@
 from pathlib import Path
 
 import numpy as np
-
 from helpers import built_instances, write_pair
 
 
@@ -13,6 +12,6 @@ def test_fake_tree(tmp_path: Path, rng: np.random.Generator) -> None:
         write_pair(rng, None, root / "annotations" / f"{n}_binary.PNG", mask=truth[n])
     result, found = built_instances(tmp_path / "raw", tmp_path / "out", "MMOTU-3D")
     assert result.errors == [] and result.reports["MMOTU-3D"].images == 4
-    (category, _, _, mask), = found["OTU_3d/images/2.JPG"]
+    ((category, _, _, mask),) = found["OTU_3d/images/2.JPG"]
     assert category == "ovarian lesion"
     np.testing.assert_array_equal(mask, truth[2])

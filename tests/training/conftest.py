@@ -18,6 +18,7 @@ except MissingDependency as exc:  # pragma: no cover - depends on the machine
 def demo_corpus(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A small synthetic BUS-BRA corpus, built once for the training tests."""
     from helpers import build
+
     from us43d.demo import make_bus_bra_like
 
     root = tmp_path_factory.mktemp("demo")
@@ -29,6 +30,8 @@ def demo_corpus(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def tiny_config(**changes):
     from us43d.training.train import TrainConfig
 
-    settings = dict(model="tiny", iters=6, batch_size=2, workers=0, lr=1e-3, warmup_iters=2, milestones=(), checkpoint_every=3, log_every=1)
+    settings = dict(
+        model="tiny", iters=6, batch_size=2, workers=0, lr=1e-3, warmup_iters=2, milestones=(), checkpoint_every=3, log_every=1
+    )
     settings.update(changes)
     return TrainConfig(**settings)

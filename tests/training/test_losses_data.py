@@ -2,7 +2,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 
@@ -16,10 +15,12 @@ def test_focal_and_dice_by_hand() -> None:
     logits = torch.tensor([[[2.0, -1.0]]])
     targets = torch.tensor([[[1.0, 0.0]]])
     p = torch.sigmoid(logits)
-    expected = torch.stack([
-        -torch.log(p[0, 0, 0]) * 0.25 * (1 - p[0, 0, 0]) ** 2,
-        -torch.log(1 - p[0, 0, 1]) * 0.75 * p[0, 0, 1] ** 2,
-    ])
+    expected = torch.stack(
+        [
+            -torch.log(p[0, 0, 0]) * 0.25 * (1 - p[0, 0, 0]) ** 2,
+            -torch.log(1 - p[0, 0, 1]) * 0.75 * p[0, 0, 1] ** 2,
+        ]
+    )
     torch.testing.assert_close(focal_map(logits, targets).flatten(), expected)
     dice = 1 - 2 * p[0, 0, 0] / (p.square().sum() + 1 + 1 + 1)
     torch.testing.assert_close(dice_per_instance(logits, targets)[0], dice)

@@ -10,7 +10,12 @@ import torch
 
 from us43d.training.attention import use_efficient_attention
 from us43d.training.checkpoints import (
-    MMDET_MLP_FACTOR, CheckpointError, load_into, mmdet_to_sam, read_state_dict, sam_to_mmdet,
+    MMDET_MLP_FACTOR,
+    CheckpointError,
+    load_into,
+    mmdet_to_sam,
+    read_state_dict,
+    sam_to_mmdet,
 )
 from us43d.training.sam import build_model, model_config, sam_package
 

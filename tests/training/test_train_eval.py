@@ -9,11 +9,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from helpers import SAMPLES
 from PIL import Image
+from training.conftest import tiny_config
 from typer.testing import CliRunner
 
-from helpers import SAMPLES
-from training.conftest import tiny_config
 from us43d.cli import app
 from us43d.errors import CorpusError
 from us43d.training.evaluate import coco_map, evaluate, load_predictor, predict_dataset
@@ -30,8 +30,12 @@ def weights(run: Path) -> dict[str, torch.Tensor]:
 def test_training_beats_the_untrained_model(demo_corpus: Path, tmp_path: Path) -> None:
     torch.manual_seed(0)
     before = evaluate(load_predictor(None, "tiny"), demo_corpus, ["BUS-BRA"], ["box"])["BUS-BRA"]["box"]["mAP50"]
-    train(demo_corpus, tmp_path / "run", tiny_config(iters=240, batch_size=4, warmup_iters=20, checkpoint_every=240, log_every=20))
-    after = evaluate(load_predictor(tmp_path / "run" / "model.pth", "tiny"), demo_corpus, ["BUS-BRA"], ["box"])["BUS-BRA"]["box"]["mAP50"]
+    train(
+        demo_corpus, tmp_path / "run", tiny_config(iters=240, batch_size=4, warmup_iters=20, checkpoint_every=240, log_every=20)
+    )
+    after = evaluate(load_predictor(tmp_path / "run" / "model.pth", "tiny"), demo_corpus, ["BUS-BRA"], ["box"])["BUS-BRA"]["box"][
+        "mAP50"
+    ]
     assert after >= before + 40, (before, after)
     metrics = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert metrics[-1]["loss"] < metrics[0]["loss"]
@@ -65,9 +69,28 @@ def test_exclude_leaves_the_organ_out(demo_corpus: Path, tmp_path: Path) -> None
 def test_two_process_ddp_on_gloo(demo_corpus: Path, tmp_path: Path) -> None:
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     command = [
-        sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29517", "-m", "us43d.cli", "train",
-        "--corpus", str(demo_corpus), "--out", str(tmp_path / "ddp"), "--model", "tiny", "--iters", "4",
-        "--batch-size", "2", "--workers", "0", "--checkpoint-every", "2",
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node=2",
+        "--master_port=29517",
+        "-m",
+        "us43d.cli",
+        "train",
+        "--corpus",
+        str(demo_corpus),
+        "--out",
+        str(tmp_path / "ddp"),
+        "--model",
+        "tiny",
+        "--iters",
+        "4",
+        "--batch-size",
+        "2",
+        "--workers",
+        "0",
+        "--checkpoint-every",
+        "2",
     ]
     result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=280)
     assert result.returncode == 0, result.stderr[-3000:]
@@ -85,7 +108,9 @@ def test_ground_truth_predictions_score_100_on_the_real_sample() -> None:
     def oracle(rgb, points, boxes, prompts):
         image = next(i for i in ground_truth["images"] if (i["height"], i["width"]) == rgb.shape[:2])
         anns = [a for a in ground_truth["annotations"] if a["image_id"] == image["id"]]
-        masks = np.stack([mask_utils.decode({"size": a["segmentation"]["size"], "counts": a["segmentation"]["counts"].encode()}) for a in anns]).astype(bool)
+        masks = np.stack(
+            [mask_utils.decode({"size": a["segmentation"]["size"], "counts": a["segmentation"]["counts"].encode()}) for a in anns]
+        ).astype(bool)
         return {p: (masks, np.ones(len(masks))) for p in prompts}
 
     # images are read from the sample folder; one image per size keeps the oracle unambiguous
@@ -93,7 +118,11 @@ def test_ground_truth_predictions_score_100_on_the_real_sample() -> None:
     for image in ground_truth["images"]:
         sizes.setdefault((image["height"], image["width"]), []).append(image)
     unique = [imgs[0] for imgs in sizes.values() if len(imgs) == 1]
-    subset = {**ground_truth, "images": unique, "annotations": [a for a in ground_truth["annotations"] if a["image_id"] in {i["id"] for i in unique}]}
+    subset = {
+        **ground_truth,
+        "images": unique,
+        "annotations": [a for a in ground_truth["annotations"] if a["image_id"] in {i["id"] for i in unique}],
+    }
     assert subset["images"], "the sample should hold images of distinct sizes"
     predictions = predict_dataset(subset, folder / "sample_images", oracle, ["box"])
     assert coco_map(subset, predictions["box"]) == {"mAP": 100.0, "mAP50": 100.0}
@@ -105,18 +134,66 @@ def test_ground_truth_predictions_score_100_on_the_real_sample() -> None:
 
 def test_cli_train_eval_convert_predict(demo_corpus: Path, tmp_path: Path) -> None:
     run = tmp_path / "run"
-    result = runner.invoke(app, ["train", "--corpus", str(demo_corpus), "--out", str(run), "--model", "tiny", "--iters", "2",
-                                 "--batch-size", "2", "--workers", "0", "--no-refine"], catch_exceptions=False)
+    result = runner.invoke(
+        app,
+        [
+            "train",
+            "--corpus",
+            str(demo_corpus),
+            "--out",
+            str(run),
+            "--model",
+            "tiny",
+            "--iters",
+            "2",
+            "--batch-size",
+            "2",
+            "--workers",
+            "0",
+            "--no-refine",
+        ],
+        catch_exceptions=False,
+    )
     assert result.exit_code == 0, result.output
     table = tmp_path / "table.json"
-    result = runner.invoke(app, ["eval", "--checkpoint", str(run / "model.pth"), "--corpus", str(demo_corpus), "--datasets", "bus-bra",
-                                 "--model", "tiny", "--json", str(table)], catch_exceptions=False)
+    result = runner.invoke(
+        app,
+        [
+            "eval",
+            "--checkpoint",
+            str(run / "model.pth"),
+            "--corpus",
+            str(demo_corpus),
+            "--datasets",
+            "bus-bra",
+            "--model",
+            "tiny",
+            "--json",
+            str(table),
+        ],
+        catch_exceptions=False,
+    )
     assert result.exit_code == 0, result.output
     scores = json.loads(table.read_text())
     assert set(scores["BUS-BRA"]) == {"point", "box"} and set(scores["BUS-BRA"]["box"]) == {"mAP", "mAP50"}
-    missing = runner.invoke(app, ["eval", "--checkpoint", str(run / "model.pth"), "--corpus", str(demo_corpus), "--datasets", "MMOTU-2D", "--model", "tiny"])
+    missing = runner.invoke(
+        app,
+        [
+            "eval",
+            "--checkpoint",
+            str(run / "model.pth"),
+            "--corpus",
+            str(demo_corpus),
+            "--datasets",
+            "MMOTU-2D",
+            "--model",
+            "tiny",
+        ],
+    )
     assert missing.exit_code == 2 and "test set of MMOTU-2D is absent" in missing.output
-    wrong = runner.invoke(app, ["eval", "--checkpoint", str(run / "model.pth"), "--corpus", str(demo_corpus), "--datasets", "BUS-BRA"])
+    wrong = runner.invoke(
+        app, ["eval", "--checkpoint", str(run / "model.pth"), "--corpus", str(demo_corpus), "--datasets", "BUS-BRA"]
+    )
     assert wrong.exit_code == 2 and "does not match the model" in wrong.output
 
     mmdet = tmp_path / "ultrasam.pth"
@@ -130,12 +207,28 @@ def test_cli_train_eval_convert_predict(demo_corpus: Path, tmp_path: Path) -> No
 
     image = next((demo_corpus / "images" / "BUS-BRA").glob("*.png"))
     out = tmp_path / "mask.png"
-    result = runner.invoke(app, ["predict", str(image), "--checkpoint", str(run / "model.pth"), "--model", "tiny", "--box", "40,40,120,100", "--out", str(out)])
+    result = runner.invoke(
+        app,
+        [
+            "predict",
+            str(image),
+            "--checkpoint",
+            str(run / "model.pth"),
+            "--model",
+            "tiny",
+            "--box",
+            "40,40,120,100",
+            "--out",
+            str(out),
+        ],
+    )
     assert result.exit_code == 0, result.output
     with Image.open(image) as source, Image.open(out) as mask:
         assert mask.size == source.size
     assert (tmp_path / "mask.overlay.png").is_file()
-    both = runner.invoke(app, ["predict", str(image), "--checkpoint", str(run / "model.pth"), "--model", "tiny", "--out", str(out)])
+    both = runner.invoke(
+        app, ["predict", str(image), "--checkpoint", str(run / "model.pth"), "--model", "tiny", "--out", str(out)]
+    )
     assert both.exit_code == 2 and "exactly one of --point" in both.output
 
 

@@ -150,7 +150,7 @@ def find_folder(raw: Path, marker: str, max_depth: int = 5) -> Path:
     for _ in range(max_depth + 1):
         following = []
         for folder in frontier:
-            if folder.parts[-len(parts):] == parts and folder != raw:
+            if folder.parts[-len(parts) :] == parts and folder != raw:
                 found.append(folder)
                 continue
             try:
@@ -172,6 +172,4 @@ def files_by_stem(folder: Path, suffixes: tuple[str, ...], strip: str = "") -> d
     if not folder.is_dir():
         raise ConversionError("folder is missing", source_file=str(folder))
     lowered = tuple(s.lower() for s in suffixes)
-    return {
-        p.stem.removesuffix(strip): p for p in sorted(folder.iterdir()) if p.is_file() and p.suffix.lower() in lowered
-    }
+    return {p.stem.removesuffix(strip): p for p in sorted(folder.iterdir()) if p.is_file() and p.suffix.lower() in lowered}

@@ -7,7 +7,7 @@ from collections.abc import Iterator
 from functools import partial
 from pathlib import Path
 
-from us43d.converters.base import Item, find_folder, files_by_stem, pair_files
+from us43d.converters.base import Item, files_by_stem, find_folder, pair_files
 from us43d.converters.pairs import read_binary_pair
 
 CATEGORIES = {"Benign": "breast lesion benign", "Malignant": "breast lesion malignant"}

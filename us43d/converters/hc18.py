@@ -7,7 +7,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from pathlib import Path
 
-from us43d.converters.base import Item, Sample, find_folder, files_by_stem, one_class_sample, pair_files
+from us43d.converters.base import Item, Sample, files_by_stem, find_folder, one_class_sample, pair_files
 from us43d.converters.readers import filled_outline, read_binary_mask, read_image
 from us43d.registry.schema import DatasetEntry
 

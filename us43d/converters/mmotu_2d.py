@@ -44,15 +44,13 @@ def list_items(raw: Path, entry: DatasetEntry) -> Iterator[Item]:
     root = locate_root(raw, "train_cls.txt")
     listed = {name: _read_list(root / name) for name in LISTS}
     images = {p.stem: p for p in (root / "images").iterdir() if p.suffix.lower() == ".jpg"}
-    masks = {
-        p.stem: p
-        for p in (root / "annotations").iterdir()
-        if p.suffix.lower() == ".png" and not p.stem.endswith("_binary")
-    }
+    masks = {p.stem: p for p in (root / "annotations").iterdir() if p.suffix.lower() == ".png" and not p.stem.endswith("_binary")}
     for key, files, problem in pair_files(raw, images, masks):
         where = [name for name, classes in listed.items() if key in classes]
         if not problem and len(where) != 1:
-            problem = "listed in both train_cls.txt and val_cls.txt" if where else "listed in neither train_cls.txt nor val_cls.txt"
+            problem = (
+                "listed in both train_cls.txt and val_cls.txt" if where else "listed in neither train_cls.txt nor val_cls.txt"
+            )
         if problem:
             yield Item(key, files, problem=problem)
             continue

@@ -102,9 +102,7 @@ def _check_resize(path: Path | str, mask_shape: tuple[int, ...], shape: tuple[in
         raise _fail(path, f"mask is {mw}x{mh}, image {w}x{h}: aspect ratios differ, refusing to resize")
 
 
-def binary_mask(
-    values: np.ndarray, shape: tuple[int, int], path: Path | str, allow_resize: bool = False
-) -> np.ndarray:
+def binary_mask(values: np.ndarray, shape: tuple[int, int], path: Path | str, allow_resize: bool = False) -> np.ndarray:
     """Foreground of a binary-looking mask, at the image's size.
 
     A mask with a single non-zero value is foreground wherever it has that value (0/1, 0/255,
@@ -136,7 +134,9 @@ def binary_mask(
             coverage = values > full / 2
     if coverage.shape == tuple(shape):
         return coverage
-    resized = Image.fromarray(coverage.astype(np.float32)).resize((shape[1], shape[0]), Image.Resampling.BILINEAR if coverage.shape[0] < shape[0] else Image.Resampling.BOX)
+    resized = Image.fromarray(coverage.astype(np.float32)).resize(
+        (shape[1], shape[0]), Image.Resampling.BILINEAR if coverage.shape[0] < shape[0] else Image.Resampling.BOX
+    )
     return np.asarray(resized) > 0.5
 
 
@@ -190,7 +190,7 @@ def read_colour_mask(
         rgb = np.asarray(image.convert("RGB")).astype(np.int16)
     _check_resize(path, rgb.shape, shape, allow=False)
     labels = np.zeros(rgb.shape[:2], dtype=np.int32)
-    matched = (np.abs(rgb).max(axis=2) <= tolerance)
+    matched = np.abs(rgb).max(axis=2) <= tolerance
     for colour, value in colours.items():
         hit = np.abs(rgb - np.asarray(colour, dtype=np.int16)).max(axis=2) <= tolerance
         labels[hit & ~matched] = value

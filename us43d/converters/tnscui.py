@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from pathlib import Path
 
-from us43d.converters.base import Item, find_folder, files_by_stem, pair_files
+from us43d.converters.base import Item, files_by_stem, find_folder, pair_files
 from us43d.converters.pairs import read_binary_pair as read_item  # noqa: F401
 
 

@@ -173,9 +173,7 @@ def _executor(workers: int) -> Executor | None:
     return ProcessPoolExecutor(max_workers=workers, mp_context=context)
 
 
-def _run_items(
-    executor: Executor | None, task: process.Task, items: Sequence[Item], workers: int
-) -> Iterator[ItemResult]:
+def _run_items(executor: Executor | None, task: process.Task, items: Sequence[Item], workers: int) -> Iterator[ItemResult]:
     work = partial(process.process_item, task)
     if executor is None:
         return map(work, items)
@@ -319,7 +317,11 @@ def build_corpus(
         for entry in entries:
             raw_dir = _raw_folder(raw, entry.id)
             if raw_dir is None:
-                error = {"dataset": entry.id, "file": str(raw / entry.id), "reason": "raw folder is missing (run `us43d fetch` or put the files there)"}
+                error = {
+                    "dataset": entry.id,
+                    "file": str(raw / entry.id),
+                    "reason": "raw folder is missing (run `us43d fetch` or put the files there)",
+                }
                 if options.strict:
                     raise StrictStop(f"{entry.id}: {error['file']}: {error['reason']}")
                 dataset_errors.append(error)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import re
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import cache
 from pathlib import Path
 
 import numpy as np
@@ -32,7 +32,7 @@ class Task:
     image_prefix: str  # what file names are relative to OUT/images start with (the dataset id)
 
 
-@lru_cache(maxsize=None)
+@cache
 def _converter(name: str) -> Converter:
     return load_converter(name)
 

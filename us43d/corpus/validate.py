@@ -68,7 +68,8 @@ def _check_document(doc: dict[str, Any], name: str, out: Path, check_pixels: boo
                 with Image.open(path) as im:
                     if im.size != (image["width"], image["height"]):
                         problems.append(
-                            f"{name}: {image['file_name']} is {im.size[0]}x{im.size[1]}, COCO says {image['width']}x{image['height']}"
+                            f"{name}: {image['file_name']} is {im.size[0]}x{im.size[1]}, "
+                            f"COCO says {image['width']}x{image['height']}"
                         )
     categories = {c["id"] for c in doc["categories"]}
     seen_ann: set[int] = set()

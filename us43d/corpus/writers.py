@@ -180,17 +180,35 @@ def write_parquet(out: Path, datasets: Mapping[str, DatasetInfo], rows: Sequence
     for row in rows:
         r, info = row.record, datasets[row.record.dataset]
         for name, value in (
-            ("image_id", r.image_id), ("dataset", r.dataset), ("organ", info.organ), ("split", row.split),
-            ("file_name", r.file_name), ("width", r.width), ("height", r.height), ("source_file", r.source_file),
-            ("frame", r.frame), ("group", r.group), ("n_instances", len(r.annotations)),
+            ("image_id", r.image_id),
+            ("dataset", r.dataset),
+            ("organ", info.organ),
+            ("split", row.split),
+            ("file_name", r.file_name),
+            ("width", r.width),
+            ("height", r.height),
+            ("source_file", r.source_file),
+            ("frame", r.frame),
+            ("group", r.group),
+            ("n_instances", len(r.annotations)),
         ):
             images[name].append(value)
         for index, a in enumerate(r.annotations):
             for name, value in (
-                ("annotation_id", r.annotation_id(index)), ("image_id", r.image_id), ("dataset", r.dataset),
-                ("split", row.split), ("category", a.category), ("category_id", info.category_id(a.category)),
-                ("bbox_x", a.bbox[0]), ("bbox_y", a.bbox[1]), ("bbox_w", a.bbox[2]), ("bbox_h", a.bbox[3]),
-                ("area", a.area), ("rle_counts", a.rle_counts), ("height", r.height), ("width", r.width),
+                ("annotation_id", r.annotation_id(index)),
+                ("image_id", r.image_id),
+                ("dataset", r.dataset),
+                ("split", row.split),
+                ("category", a.category),
+                ("category_id", info.category_id(a.category)),
+                ("bbox_x", a.bbox[0]),
+                ("bbox_y", a.bbox[1]),
+                ("bbox_w", a.bbox[2]),
+                ("bbox_h", a.bbox[3]),
+                ("area", a.area),
+                ("rle_counts", a.rle_counts),
+                ("height", r.height),
+                ("width", r.width),
             ):
                 anns[name].append(value)
     _write_table(out / "parquet" / "images.parquet", images, IMAGE_SCHEMA)

@@ -47,9 +47,7 @@ def parse_entry(path: Path) -> DatasetEntry:
     except ValidationError as exc:
         raise RegistryError(_format_validation_error(path, exc)) from exc
     if path.stem.lower() != entry.id.lower():
-        raise RegistryError(
-            f"invalid registry entry {path}: field 'id': '{entry.id}' does not match the file name"
-        )
+        raise RegistryError(f"invalid registry entry {path}: field 'id': '{entry.id}' does not match the file name")
     return entry
 
 
@@ -116,9 +114,7 @@ class Registry:
     def organs(self) -> list[str]:
         return sorted({entry.organ for entry in self})
 
-    def filter(
-        self, organ: str | None = None, modality: str | None = None, access: str | None = None
-    ) -> list[DatasetEntry]:
+    def filter(self, organ: str | None = None, modality: str | None = None, access: str | None = None) -> list[DatasetEntry]:
         return [
             e
             for e in self

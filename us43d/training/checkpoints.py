@@ -23,7 +23,7 @@ import torch
 from us43d.errors import Us43dError
 
 MMDET_MLP_FACTOR = 0.5  # segment_anything lin2 = MMDetection mlp.layers.1 * this
-ATTENTIONS = ("self_attn", "cross_attn_token_to_image", "cross_attn_image_to_token")
+_MODULE = r"^(layers\.\d+\.(?:self_attn|cross_attn_token_to_image|cross_attn_image_to_token)|final_attn_token_to_image)"
 # Row order of prompt_encoder.label_encoder.label_embedding.weight in the MMDetection model.
 LABEL_TABLE = (
     ("prompt_encoder.no_mask_embed.weight", 1),
@@ -86,8 +86,8 @@ def sam_to_mmdet(state: Mapping[str, torch.Tensor]) -> StateDict:
         elif key in dict(LABEL_TABLE):
             table[key] = value
         elif key.startswith(decoder):
-            rest = key[len(decoder):]
-            match = re.match(r"^(layers\.\d+\.(?:%s)|final_attn_token_to_image)\.([qkv])_proj\.(weight|bias)$" % "|".join(ATTENTIONS), rest)
+            rest = key[len(decoder) :]
+            match = re.match(_MODULE + r"\.([qkv])_proj\.(weight|bias)$", rest)
             if match:
                 module, which, kind = match.groups()
                 if kind == "weight":
@@ -95,7 +95,7 @@ def sam_to_mmdet(state: Mapping[str, torch.Tensor]) -> StateDict:
                 else:  # biases are concatenated q, k, v below
                     table[f"bias::{module}::{which}"] = value
                 continue
-            rest = re.sub(r"^(layers\.\d+\.(?:%s)|final_attn_token_to_image)\.out_proj\." % "|".join(ATTENTIONS), r"\1.attn.out_proj.", rest)
+            rest = re.sub(_MODULE + r"\.out_proj\.", r"\1.attn.out_proj.", rest)
             rest = re.sub(r"^(layers\.\d+)\.mlp\.lin1\.", r"\1.mlp.layers.0.0.", rest)
             if re.match(r"^layers\.\d+\.mlp\.lin2\.", rest):
                 rest = re.sub(r"^(layers\.\d+)\.mlp\.lin2\.", r"\1.mlp.layers.1.", rest)
@@ -103,7 +103,7 @@ def sam_to_mmdet(state: Mapping[str, torch.Tensor]) -> StateDict:
             rest = re.sub(r"^norm_final_attn\.", "post_norm.", rest)
             out[f"decoder.{rest}"] = value
         elif key.startswith("mask_decoder."):
-            out["bbox_head." + key[len("mask_decoder."):]] = value
+            out["bbox_head." + key[len("mask_decoder.") :]] = value
         else:
             out[key] = value
     missing = [name for name, _ in LABEL_TABLE if name not in table]
@@ -130,7 +130,7 @@ def mmdet_to_sam(state: Mapping[str, torch.Tensor]) -> StateDict:
             if row != value.shape[0]:
                 raise CheckpointError(f"{LABEL_KEY} has {value.shape[0]} rows, expected {row}")
         elif key.startswith("decoder."):
-            rest = key[len("decoder."):]
+            rest = key[len("decoder.") :]
             match = re.match(r"^(.*)\.attn\.([qkv])_proj_weight$", rest)
             if match:
                 out[f"mask_decoder.transformer.{match.group(1)}.{match.group(2)}_proj.weight"] = value
@@ -148,7 +148,7 @@ def mmdet_to_sam(state: Mapping[str, torch.Tensor]) -> StateDict:
             rest = re.sub(r"^post_norm\.", "norm_final_attn.", rest)
             out[f"mask_decoder.transformer.{rest}"] = value
         elif key.startswith("bbox_head."):
-            out["mask_decoder." + key[len("bbox_head."):]] = value
+            out["mask_decoder." + key[len("bbox_head.") :]] = value
         else:
             out[key] = value
     return out

@@ -52,12 +52,17 @@ def load_selection(
     folder = corpus / "parquet"
     images_path, annotations_path = folder / "images.parquet", folder / "annotations.parquet"
     if not images_path.is_file() or not annotations_path.is_file():
-        raise CorpusError(f"{corpus} has no Parquet tables (parquet/images.parquet, parquet/annotations.parquet); run `us43d build`")
+        raise CorpusError(
+            f"{corpus} has no Parquet tables (parquet/images.parquet, parquet/annotations.parquet); run `us43d build`"
+        )
     images = pd.read_parquet(images_path, columns=["image_id", "dataset", "organ", "split", "file_name", "width", "height"])
     known_organs = sorted(images["organ"].unique())
     unknown = sorted({o.lower() for o in exclude} - set(_registry_organs()) - set(known_organs))
     if unknown:
-        raise Us43dError(f"unknown organ group(s) {unknown} for --exclude (known: {', '.join(sorted(set(_registry_organs()) | set(known_organs)))})")
+        raise Us43dError(
+            f"unknown organ group(s) {unknown} for --exclude "
+            f"(known: {', '.join(sorted(set(_registry_organs()) | set(known_organs)))})"
+        )
     chosen = images[images["split"] == split]
     if datasets:
         wanted = {d.lower() for d in datasets}
@@ -74,8 +79,15 @@ def load_selection(
         instances = grouped.get(row.image_id, [])
         if instances:
             entries.append(
-                ImageEntry(row.image_id, row.dataset, row.file_name, int(row.width), int(row.height),
-                           tuple(r for r, _ in instances), tuple(b for _, b in instances))
+                ImageEntry(
+                    row.image_id,
+                    row.dataset,
+                    row.file_name,
+                    int(row.width),
+                    int(row.height),
+                    tuple(r for r, _ in instances),
+                    tuple(b for _, b in instances),
+                )
             )
     counts = pd.Series([e.dataset for e in entries]).value_counts().sort_index().to_dict() if entries else {}
     excluded = left_out["dataset"].value_counts().sort_index().to_dict()

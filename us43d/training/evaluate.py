@@ -60,7 +60,9 @@ class Predictor:
         count = len(points) if not use_box else len(boxes)
         scale = np.array([resized[1] / original[1], resized[0] / original[0]])
         pts = torch.as_tensor(points * scale if len(points) else np.zeros((count, 2)), dtype=torch.float32, device=self.device)
-        bxs = torch.as_tensor(boxes * np.tile(scale, 2) if len(boxes) else np.zeros((count, 4)), dtype=torch.float32, device=self.device)
+        bxs = torch.as_tensor(
+            boxes * np.tile(scale, 2) if len(boxes) else np.zeros((count, 4)), dtype=torch.float32, device=self.device
+        )
         is_box = torch.full((count,), use_box, dtype=torch.bool, device=self.device)
         if refine:
             first, _ = engine.decode(self.sam, embedding, pts, bxs, is_box, multimask=False)
@@ -113,7 +115,10 @@ def coco_map(ground_truth: dict[str, Any], predictions: Sequence[dict[str, Any]]
         evaluator.evaluate()
         evaluator.accumulate()
         evaluator.summarize()
-    return {"mAP": round(100 * max(float(evaluator.stats[0]), 0.0), 2), "mAP50": round(100 * max(float(evaluator.stats[1]), 0.0), 2)}
+    return {
+        "mAP": round(100 * max(float(evaluator.stats[0]), 0.0), 2),
+        "mAP50": round(100 * max(float(evaluator.stats[1]), 0.0), 2),
+    }
 
 
 def _gt_mask(annotation: dict[str, Any], height: int, width: int) -> np.ndarray:
@@ -159,13 +164,21 @@ def predict_dataset(
         height, width = rgb.shape[:2]
         truth = [_gt_mask(a, height, width) for a in annotations]
         points = np.stack([centroid(m) for m in truth])
-        boxes = np.array([[a["bbox"][0], a["bbox"][1], a["bbox"][0] + a["bbox"][2], a["bbox"][1] + a["bbox"][3]] for a in annotations], dtype=np.float64)
+        boxes = np.array(
+            [[a["bbox"][0], a["bbox"][1], a["bbox"][0] + a["bbox"][2], a["bbox"][1] + a["bbox"][3]] for a in annotations],
+            dtype=np.float64,
+        )
         for prompt, (masks, scores) in predict(rgb, points, boxes, prompts).items():
             for annotation, mask, score in zip(annotations, masks, scores):
                 rle = mask_utils.encode(np.asfortranarray(mask.astype(np.uint8)))
                 rle["counts"] = rle["counts"].decode("ascii")
                 results[prompt].append(
-                    {"image_id": image["id"], "category_id": annotation["category_id"], "segmentation": rle, "score": float(score)}
+                    {
+                        "image_id": image["id"],
+                        "category_id": annotation["category_id"],
+                        "segmentation": rle,
+                        "score": float(score),
+                    }
                 )
     return results
 
@@ -173,7 +186,9 @@ def predict_dataset(
 def test_file(corpus: Path, dataset: str) -> Path:
     path = corpus / "coco" / dataset / "test.json"
     if not path.is_file():
-        raise CorpusError(f"the test set of {dataset} is absent from {corpus} (no coco/{dataset}/test.json); build {dataset} first")
+        raise CorpusError(
+            f"the test set of {dataset} is absent from {corpus} (no coco/{dataset}/test.json); build {dataset} first"
+        )
     return path
 
 
@@ -188,7 +203,9 @@ def evaluate(
     """{dataset: {prompt: {"mAP": x, "mAP50": y}}} in percent."""
     paths = {d: test_file(corpus, d) for d in datasets}
 
-    def predict(rgb: np.ndarray, points: np.ndarray, boxes: np.ndarray, wanted: Sequence[str]) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    def predict(
+        rgb: np.ndarray, points: np.ndarray, boxes: np.ndarray, wanted: Sequence[str]
+    ) -> dict[str, tuple[np.ndarray, np.ndarray]]:
         embedding, resized = predictor.embed(rgb)
         return {p: predictor.masks(embedding, resized, rgb.shape[:2], points, boxes, p == "box", refine) for p in wanted}
 
@@ -201,7 +218,9 @@ def evaluate(
     return table
 
 
-def load_predictor(checkpoint: Path | None, model: str = "vit_b", image_size: int | None = None, device: str | None = None) -> Predictor:
+def load_predictor(
+    checkpoint: Path | None, model: str = "vit_b", image_size: int | None = None, device: str | None = None
+) -> Predictor:
     from us43d.training.checkpoints import load_into, read_state_dict
     from us43d.training.sam import build_model, model_config
 

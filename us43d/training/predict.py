@@ -11,7 +11,9 @@ from us43d.training.data import read_rgb
 from us43d.training.evaluate import Predictor
 
 
-def predict_image(predictor: Predictor, image: Path, point: tuple[float, float] | None, box: tuple[float, float, float, float] | None) -> tuple[np.ndarray, float, np.ndarray]:
+def predict_image(
+    predictor: Predictor, image: Path, point: tuple[float, float] | None, box: tuple[float, float, float, float] | None
+) -> tuple[np.ndarray, float, np.ndarray]:
     """(mask, predicted IoU, RGB image) for one point or one box in original pixel coordinates."""
     rgb = read_rgb(image)
     embedding, resized = predictor.embed(rgb)

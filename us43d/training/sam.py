@@ -96,8 +96,18 @@ MODEL_CONFIGS = {
     "vit_l": ModelConfig("vit_l", encoder_dim=1024, encoder_depth=24, encoder_heads=16, global_attn_indexes=(5, 11, 17, 23)),
     "vit_h": ModelConfig("vit_h", encoder_dim=1280, encoder_depth=32, encoder_heads=16, global_attn_indexes=(7, 15, 23, 31)),
     "tiny": ModelConfig(
-        "tiny", image_size=128, encoder_dim=64, encoder_depth=2, encoder_heads=2, global_attn_indexes=(1,),
-        window_size=4, prompt_dim=32, decoder_mlp_dim=64, decoder_heads=2, mask_in_chans=4, iou_hidden_dim=32,
+        "tiny",
+        image_size=128,
+        encoder_dim=64,
+        encoder_depth=2,
+        encoder_heads=2,
+        global_attn_indexes=(1,),
+        window_size=4,
+        prompt_dim=32,
+        decoder_mlp_dim=64,
+        decoder_heads=2,
+        mask_in_chans=4,
+        iou_hidden_dim=32,
     ),
 }
 

@@ -185,7 +185,9 @@ def train(corpus: Path, run: Path, config: TrainConfig, resume: bool = False, co
             dist.destroy_process_group()
 
 
-def _train(corpus: Path, run: Path, config: TrainConfig, state: dict[str, Any] | None, ctx: Distributed, console: Any) -> dict[str, Any]:
+def _train(
+    corpus: Path, run: Path, config: TrainConfig, state: dict[str, Any] | None, ctx: Distributed, console: Any
+) -> dict[str, Any]:
     torch.manual_seed(config.seed)
     shape = model_config(config.model, config.image_size)
     selection = load_selection(corpus, "train", config.exclude, config.datasets or None)
@@ -216,22 +218,35 @@ def _train(corpus: Path, run: Path, config: TrainConfig, state: dict[str, Any] |
     dataset = TrainDataset(corpus, selection.entries, shape.image_size, shape.low_res_size, flip=config.flip)
     sampler = InfiniteBatchSampler(len(dataset), config.batch_size, config.seed, ctx.rank, ctx.world, start_step=start)
     loader = torch.utils.data.DataLoader(
-        dataset, batch_sampler=sampler, num_workers=config.workers, collate_fn=collate,
-        persistent_workers=config.workers > 0, prefetch_factor=2 if config.workers > 0 else None,
+        dataset,
+        batch_sampler=sampler,
+        num_workers=config.workers,
+        collate_fn=collate,
+        persistent_workers=config.workers > 0,
+        prefetch_factor=2 if config.workers > 0 else None,
     )
     run.mkdir(parents=True, exist_ok=True)
     if ctx.main:
         summary = {
-            "config": asdict(config), "world_size": ctx.world, "device": str(ctx.device),
-            "datasets_used": selection.counts, "datasets_excluded": selection.excluded,
-            "images": len(selection.entries), "resumed_at": start,
+            "config": asdict(config),
+            "world_size": ctx.world,
+            "device": str(ctx.device),
+            "datasets_used": selection.counts,
+            "datasets_excluded": selection.excluded,
+            "images": len(selection.entries),
+            "resumed_at": start,
         }
         (run / "run.json").write_text(json.dumps(summary, indent=2) + "\n")
         if console:
-            console.print(f"training on {len(selection.entries)} images of {len(selection.counts)} datasets "
-                          f"({', '.join(f'{k} {v}' for k, v in selection.counts.items())})")
+            console.print(
+                f"training on {len(selection.entries)} images of {len(selection.counts)} datasets "
+                f"({', '.join(f'{k} {v}' for k, v in selection.counts.items())})"
+            )
             if selection.excluded:
-                console.print(f"left out by --exclude {','.join(config.exclude)}: {', '.join(f'{k} {v}' for k, v in selection.excluded.items())}")
+                console.print(
+                    f"left out by --exclude {','.join(config.exclude)}: "
+                    f"{', '.join(f'{k} {v}' for k, v in selection.excluded.items())}"
+                )
     autocast = ctx.device.type == "cuda" and config.bf16
     metrics_path = run / "metrics.jsonl"
     if state is None and ctx.main:
@@ -253,8 +268,13 @@ def _train(corpus: Path, run: Path, config: TrainConfig, state: dict[str, Any] |
         done = step + 1
         if ctx.main and (done % config.log_every == 0 or done == config.iters):
             record = {
-                "step": done, "loss": parts.total.item(), "focal": parts.focal.item(), "dice": parts.dice.item(),
-                "iou": parts.iou.item(), "lr": optimizer.param_groups[0]["lr"], "grad_norm": float(grad_norm),
+                "step": done,
+                "loss": parts.total.item(),
+                "focal": parts.focal.item(),
+                "dice": parts.dice.item(),
+                "iou": parts.iou.item(),
+                "lr": optimizer.param_groups[0]["lr"],
+                "grad_norm": float(grad_norm),
                 "images_per_s": seen / (time.perf_counter() - started),
             }
             with metrics_path.open("a") as handle:
@@ -292,6 +312,13 @@ def _progress(console: Any, total: int, start: int):
         return None
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-    progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), TimeRemainingColumn(), console=console)
+    progress = Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        console=console,
+    )
     progress.start()
     return progress, progress.add_task("training", total=total, completed=start)
