@@ -167,9 +167,12 @@ def find_folder(raw: Path, marker: str, max_depth: int = 5) -> Path:
     return found[0]
 
 
-def files_by_stem(folder: Path, suffixes: tuple[str, ...], strip: str = "") -> dict[str, Path]:
-    """Files of `folder` with one of `suffixes` (case-insensitive), keyed by stem minus `strip`."""
+def files_by_stem(folder: Path, suffixes: tuple[str, ...], strip: str = "", required: bool = True) -> dict[str, Path]:
+    """Files of `folder` with one of `suffixes` (case-insensitive), keyed by stem minus `strip`.
+    A missing folder is an error, or nothing at all when it is optional (`required=False`)."""
     if not folder.is_dir():
+        if not required:
+            return {}
         raise ConversionError("folder is missing", source_file=str(folder))
     lowered = tuple(s.lower() for s in suffixes)
     return {p.stem.removesuffix(strip): p for p in sorted(folder.iterdir()) if p.is_file() and p.suffix.lower() in lowered}

@@ -1,0 +1,26 @@
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from helpers import built_instances, speckle_image
+
+
+def test_fake_tree(tmp_path: Path, rng: np.random.Generator) -> None:
+    raw = tmp_path / "raw" / "LUSS-phantom" / "LUSS_phantom"
+    (raw / "images").mkdir(parents=True)
+    (raw / "masks").mkdir()
+    labels = np.zeros((60, 80), np.uint8)
+    labels[5:10, 10:20] = 1  # rib
+    labels[5:10, 50:60] = 1  # another rib: two instances
+    labels[20:22, 5:75] = 2  # pleural line
+    labels[40:42, 5:75] = 3  # A-line
+    for n in range(3):
+        Image.fromarray(speckle_image(rng, (60, 80))).save(raw / "images" / f"frame_{n}.png")
+        Image.fromarray(np.dstack([labels] * 3)).save(raw / "masks" / f"frame_{n}.png")
+    result, found = built_instances(tmp_path / "raw", tmp_path / "out", "LUSS-phantom")
+    assert result.errors == [] and result.reports["LUSS-phantom"].instances == 12
+    rows = found["LUSS_phantom/images/frame_1.png"]
+    assert sorted(c for c, *_ in rows) == ["A-line", "pleural line", "rib", "rib"]
+    line = next(m for c, *_, m in rows if c == "pleural line")
+    np.testing.assert_array_equal(line, labels == 2)
