@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
 from helpers import (
     build,
     ellipse,
@@ -15,7 +16,6 @@ from helpers import (
     speckle_image,
     write_png,
 )
-
 from us43d.corpus.build import StrictStop
 from us43d.corpus.validate import validate_corpus
 from us43d.errors import CorpusError, RegistryError

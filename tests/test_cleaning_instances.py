@@ -1,9 +1,9 @@
 from __future__ import annotations
 
 import numpy as np
-from helpers import ellipse
 from pycocotools import mask as mask_utils
 
+from helpers import ellipse
 from us43d.corpus.cleaning import background_mask, background_threshold
 from us43d.corpus.instances import extract_instances
 from us43d.demo import fan_mask

@@ -4,9 +4,9 @@ import json
 from pathlib import Path
 
 import pytest
-from helpers import make_stu_hospital
 from typer.testing import CliRunner
 
+from helpers import make_stu_hospital
 from us43d.cli import app
 
 runner = CliRunner()

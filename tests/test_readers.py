@@ -6,9 +6,9 @@ import nibabel as nib
 import numpy as np
 import pytest
 import SimpleITK as sitk
-from helpers import ellipse, write_jpeg, write_png
 from PIL import Image
 
+from helpers import ellipse, write_jpeg, write_png
 from us43d.converters import readers
 from us43d.errors import ConversionError
 

@@ -4,6 +4,7 @@ import csv
 from pathlib import Path
 
 import numpy as np
+
 from helpers import build, decode, ellipse, load_json, speckle_image, write_png
 
 # (image id, case, pathology, fold): case 3 has two views; fold 1 is the official test set.

@@ -4,8 +4,8 @@ import json
 from pathlib import Path
 
 import numpy as np
-from helpers import build, decode, load_json, speckle_image, write_jpeg
 
+from helpers import build, decode, load_json, speckle_image, write_jpeg
 from us43d.converters.readers import polygons_to_mask
 
 # Source category ids deliberately differ from the registry's order: matching is by name.

@@ -1,8 +1,9 @@
 from pathlib import Path
 
 import numpy as np
-from helpers import built_instances, ellipse, write_pair
 from scipy import ndimage
+
+from helpers import built_instances, ellipse, write_pair
 
 
 def test_fake_tree(tmp_path: Path, rng: np.random.Generator) -> None:

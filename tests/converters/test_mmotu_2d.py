@@ -3,6 +3,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+
 from helpers import (
     build,
     decode,
@@ -12,7 +13,6 @@ from helpers import (
     write_jpeg,
     write_png,
 )
-
 from us43d.registry import Registry
 
 TRAIN = {"1": 0, "2": 3, "3": 7, "4": 0, "5": 5, "6": 1}

@@ -1,6 +1,7 @@
 from pathlib import Path
 
 import numpy as np
+
 from helpers import built_instances, write_pair
 
 

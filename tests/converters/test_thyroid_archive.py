@@ -3,6 +3,7 @@
 from pathlib import Path
 
 import numpy as np
+
 from helpers import built_instances, iou, write_pair
 
 

@@ -18,7 +18,6 @@ except MissingDependency as exc:  # pragma: no cover - depends on the machine
 def demo_corpus(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A small synthetic BUS-BRA corpus, built once for the training tests."""
     from helpers import build
-
     from us43d.demo import make_bus_bra_like
 
     root = tmp_path_factory.mktemp("demo")

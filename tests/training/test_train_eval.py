@@ -9,11 +9,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from helpers import SAMPLES
 from PIL import Image
-from training.conftest import tiny_config
 from typer.testing import CliRunner
 
+from helpers import SAMPLES
+from training.conftest import tiny_config
 from us43d.cli import app
 from us43d.errors import CorpusError
 from us43d.training.evaluate import coco_map, evaluate, load_predictor, predict_dataset
