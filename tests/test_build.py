@@ -123,11 +123,30 @@ def test_missing_raw_unknown_id_and_missing_dataset(tmp_path: Path) -> None:
 
 
 def test_dataset_without_converter_yet_is_reported(tmp_path: Path) -> None:
-    (tmp_path / "raw" / "AUL").mkdir(parents=True)
+    import yaml
+
+    registry = tmp_path / "registry"
+    registry.mkdir()
+    entry = {
+        "id": "Pending",
+        "name": "n",
+        "description": "d",
+        "organ": "breast",
+        "application": "a",
+        "modality": "image",
+        "categories": ["lesion"],
+        "licence": "unknown",
+        "access": "manual",
+        "converter": "not_written_yet",
+        "test_split": {"kind": "none"},
+    }
+    (registry / "Pending.yaml").write_text(yaml.safe_dump(entry))
+    (tmp_path / "raw" / "Pending").mkdir(parents=True)
     make_stu_hospital(tmp_path / "raw" / "STU-Hospital", n=2, wrapper=None)
-    result = build(tmp_path / "raw", tmp_path / "out")
-    assert [e["dataset"] for e in result.errors] == ["AUL"]
-    assert "converter 'aul' not found" in result.errors[0]["reason"]
+    result = build(tmp_path / "raw", tmp_path / "out", registry_dirs=[registry])
+    assert [e["dataset"] for e in result.errors] == ["Pending"]
+    assert "converter 'not_written_yet' not found" in result.errors[0]["reason"]
+    assert result.reports["STU-Hospital"].images == 2
 
 
 def test_cleaning_is_counted_and_can_be_switched_off(tmp_path: Path, rng: np.random.Generator) -> None:
