@@ -251,7 +251,10 @@ def read_volume(path: Path) -> Volume:
             import SimpleITK as sitk
 
             image = sitk.ReadImage(str(path))
-            array = sitk.GetArrayFromImage(image).T  # ITK's (k, j, i) back to (i, j, k)
+            array = sitk.GetArrayFromImage(image)
+            if image.GetNumberOfComponentsPerPixel() > 1:  # vector pixels: channels last
+                array = np.moveaxis(array, -1, 0)
+            array = array.T  # ITK's (k, j, i) back to (i, j, k)
             direction = np.asarray(image.GetDirection()).reshape(image.GetDimension(), image.GetDimension())
             axcodes = _itk_axcodes(direction)
     except Exception as exc:  # both libraries raise a variety of types for a corrupt file

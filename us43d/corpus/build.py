@@ -13,6 +13,7 @@ written for every dataset the output folder holds.
 from __future__ import annotations
 
 import hashlib
+import inspect
 import json
 import multiprocessing
 import os
@@ -60,7 +61,6 @@ STATE_VERSION = 1
 _CODE_FILES = (
     "converters/base.py",
     "converters/readers.py",
-    "converters/pairs.py",
     "corpus/cleaning.py",
     "corpus/instances.py",
     "corpus/process.py",
@@ -134,6 +134,18 @@ def _walk_files(root: Path) -> Iterator[os.DirEntry[str]]:
                     yield e
 
 
+def _converter_files(name: str) -> list[Path]:
+    """The converter's module and every us43d module it takes names from (a shared reader, a
+    sibling converter), so a change in any of them rebuilds the dataset and nothing else."""
+    module = load_converter(name).module
+    names = {module.__name__}
+    for value in vars(module).values():
+        owner = value.__name__ if inspect.ismodule(value) else getattr(value, "__module__", None)
+        if isinstance(owner, str) and owner.startswith(("us43d.", module.__name__.split(".")[0] + ".")):
+            names.add(owner)
+    return [Path(sys.modules[n].__file__) for n in sorted(names) if getattr(sys.modules.get(n), "__file__", None)]
+
+
 def fingerprint(entry: DatasetEntry, raw_dir: Path, seedless_options: dict[str, Any]) -> str:
     """Hash of everything a dataset's output depends on: raw files (path, size, mtime), the
     converter and shared reader code, the registry entry, and the package version."""
@@ -142,8 +154,7 @@ def fingerprint(entry: DatasetEntry, raw_dir: Path, seedless_options: dict[str, 
     digest.update(json.dumps(entry.model_dump(mode="json"), sort_keys=True).encode())
     digest.update(json.dumps(seedless_options, sort_keys=True).encode())
     package = Path(us43d.__file__).parent
-    converter_file = Path(load_converter(entry.converter).module.__file__ or "")
-    for path in [package / rel for rel in _CODE_FILES] + [converter_file]:
+    for path in [package / rel for rel in _CODE_FILES] + _converter_files(entry.converter):
         digest.update(path.read_bytes())
     listing = sorted(
         (Path(e.path).relative_to(raw_dir).as_posix(), e.stat().st_size, e.stat().st_mtime_ns) for e in _walk_files(raw_dir)
