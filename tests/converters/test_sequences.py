@@ -1,0 +1,88 @@
+"""Fake clips and sweeps for ACOUSLIC (MetaImage stacks), CardiacUDC and EchoCP (NIfTI clips), ASUS (NumPy)."""
+
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import SimpleITK as sitk
+from scipy import ndimage
+
+from helpers import built_instances, ellipse
+
+
+def test_acouslic(tmp_path: Path, rng: np.random.Generator) -> None:
+    root = tmp_path / "raw" / "ACOUSLIC" / "acouslic-ai-train-set"
+    (root / "images" / "stacked_fetal_ultrasound").mkdir(parents=True)
+    (root / "masks" / "stacked_fetal_abdomen").mkdir(parents=True)
+    (root / "circumferences").mkdir()
+    abdomen = ellipse((30, 40), (15, 20), (8, 10))
+    for uuid in ("aaa", "bbb", "ccc"):
+        frames = rng.integers(1, 255, (12, 30, 40), dtype=np.uint8)  # (frames, rows, cols) as SimpleITK gives it
+        masks = np.zeros((12, 30, 40), np.uint8)
+        masks[3][abdomen] = 1  # optimal plane
+        masks[7][abdomen] = 2  # sub-optimal plane
+        sitk.WriteImage(sitk.GetImageFromArray(frames), str(root / "images" / "stacked_fetal_ultrasound" / f"{uuid}.mha"))
+        sitk.WriteImage(sitk.GetImageFromArray(masks), str(root / "masks" / "stacked_fetal_abdomen" / f"{uuid}.mha"))
+    (root / "circumferences" / "fetal_abdominal_circumferences_per_sweep.csv").write_text(
+        "uuid,subject_id,sweep_1_ac_mm\naaa,1,100\nbbb,1,101\nccc,2,99\n"
+    )
+    result, found = built_instances(tmp_path / "raw", tmp_path / "out", "ACOUSLIC")
+    assert result.errors == [] and result.reports["ACOUSLIC"].images == 6
+    rows = found["acouslic-ai-train-set/images/stacked_fetal_ultrasound/bbb.mha"]
+    assert {(c, g) for c, _, g, _ in rows} == {("fetal abdomen", "1")} and len(rows) == 2
+    np.testing.assert_array_equal(rows[0][3], abdomen)
+    assert len({rows[0][1], found["acouslic-ai-train-set/images/stacked_fetal_ultrasound/aaa.mha"][0][1]}) == 1
+
+
+def test_cardiac_udc_fills_contours_and_drops_slips(tmp_path: Path, rng: np.random.Generator) -> None:
+    site = tmp_path / "raw" / "CardiacUDC" / "cardiacUDC_dataset" / "Site_G_20"
+    site.mkdir(parents=True)
+    ventricle = ellipse((40, 50), (20, 25), (10, 12))
+    outline = ventricle & ~ndimage.binary_erosion(ventricle)
+    for patient in ("p1", "p2"):
+        video = rng.integers(1, 255, (50, 40, 4), dtype=np.uint8)  # (x, y, t)
+        labels = np.zeros((50, 40, 4), np.uint8)
+        labels[..., 0] = outline.T  # a contour-only frame
+        labels[..., 1] = ventricle.T * 1
+        labels[0, 0, 2] = 4  # one stray pixel: below 2.5 % of the frame
+        nib.save(nib.Nifti1Image(video, np.eye(4)), site / f"{patient}_image.nii.gz")
+        nib.save(nib.Nifti1Image(labels, np.eye(4)), site / f"{patient}_label.nii.gz")
+    result, found = built_instances(tmp_path / "raw", tmp_path / "out", "CardiacUDC")
+    assert result.errors == [] and result.reports["CardiacUDC"].images == 4
+    rows = found["cardiacUDC_dataset/Site_G_20/p1_image.nii.gz"]
+    assert all(c == "left ventricle" for c, *_ in rows)
+    np.testing.assert_array_equal(rows[0][3], ventricle[::-1, ::-1])  # filled and turned 180 degrees
+
+
+def test_echocp(tmp_path: Path, rng: np.random.Generator) -> None:
+    root = tmp_path / "raw" / "EchoCP" / "EchoCP_dataset"
+    root.mkdir(parents=True)
+    for case in ("01_rest", "01_valsalva", "02_rest"):
+        video = rng.integers(1, 255, (30, 20, 5), dtype=np.uint8)
+        labels = np.zeros((30, 20, 5), np.uint8)
+        labels[5:15, 5:10, 1] = 1
+        labels[18:25, 12:17, 1] = 3  # a second chamber: merged into the one class
+        nib.save(nib.Nifti1Image(video, np.eye(4)), root / f"{case}_image.nii.gz")
+        nib.save(nib.Nifti1Image(labels, np.eye(4)), root / f"{case}_label.nii.gz")
+    result, found = built_instances(tmp_path / "raw", tmp_path / "out", "EchoCP")
+    assert result.errors == [] and result.reports["EchoCP"].images == 3 and result.reports["EchoCP"].instances == 6
+    assert {c for rows in found.values() for c, *_ in rows} == {"cardiac chamber"}
+
+
+def test_asus(tmp_path: Path, rng: np.random.Generator) -> None:
+    root = tmp_path / "raw" / "ASUS" / "ASUS" / "DataArrays"
+    root.mkdir(parents=True)
+    bone = np.zeros((32, 32), bool)
+    bone[20:24, 4:28] = True
+    for scan in ("q000", "q001"):
+        frames = rng.random((5, 32, 32, 1)).astype(np.float16)
+        masks = np.zeros((5, 32, 32, 1), np.uint8)
+        masks[2, ..., 0] = bone
+        masks[4, ..., 0] = bone
+        np.save(root / f"{scan}_ultrasound.npy", frames)
+        np.save(root / f"{scan}_segmentation.npy", masks)
+    result, found = built_instances(tmp_path / "raw", tmp_path / "out", "ASUS")
+    assert result.errors == [] and result.reports["ASUS"].images == 4
+    ((category, _, group, mask),) = found["ASUS/DataArrays/q001_ultrasound.npy"][:1]
+    assert (category, group) == ("spine", "q001")
+    np.testing.assert_array_equal(mask, bone[::-1, ::-1])

@@ -1,0 +1,52 @@
+"""ASUS: tracked spine sweeps as NumPy arrays, `q<NNN>_ultrasound.npy` (floats in [0, 1], shape
+(frames, 128, 128, 1)) with `q<NNN>_segmentation.npy` (0/1). Frames are turned 180 degrees as
+in the anchor script; frames without bone surface are dropped. Loaded without pickle."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+
+from us43d.converters.base import Item, Sample, pair_files
+from us43d.errors import ConversionError
+from us43d.registry.schema import DatasetEntry
+
+
+def list_items(raw: Path, entry: DatasetEntry) -> Iterator[Item]:
+    files = sorted(raw.rglob("*.npy"))
+    images = {p.name.split("_")[0]: p for p in files if "segmentation" not in p.name}
+    masks = {p.name.split("_")[0]: p for p in files if "segmentation" in p.name}
+    for key, pair, problem in pair_files(raw, images, masks):
+        yield Item(key, pair, group=key, problem=problem)
+
+
+def _load(path: Path) -> np.ndarray:
+    try:
+        array = np.load(path, allow_pickle=False)
+    except (OSError, ValueError) as exc:
+        raise ConversionError(f"cannot read array ({exc})", str(path)) from exc
+    return array[..., 0] if array.ndim == 4 else array
+
+
+def read_item(raw: Path, item: Item, entry: DatasetEntry) -> Iterator[Sample]:
+    frames, masks = _load(raw / item.files[0]), _load(raw / item.files[1])
+    if frames.shape != masks.shape or frames.ndim != 3:
+        raise ConversionError(f"sweep {frames.shape} and mask {masks.shape} do not match", item.files[1])
+    if not np.isfinite(frames).all():
+        raise ConversionError("sweep holds NaN or infinite values", item.source_file)
+    pixels = np.clip(np.round(frames.astype(np.float32) * 255), 0, 255).astype(np.uint8)
+    for index in range(len(frames)):
+        mask = masks[index] == 1
+        if not mask.any():
+            continue
+        yield Sample(
+            key=f"{item.key}/{index:04d}",
+            image=np.ascontiguousarray(pixels[index][::-1, ::-1]),
+            source_file=item.source_file,
+            label_map=np.ascontiguousarray(mask[::-1, ::-1]).astype(np.uint8),
+            label_names={1: entry.categories[0]},
+            group=item.group,
+            frame=index,
+        )

@@ -1,0 +1,42 @@
+"""FASS: `IMAGES/<stem>.png` with `ARRAY_FORMAT/<stem>.npy`, a pickled dictionary whose key
+`structures` maps artery, liver, stomach and vein to binary arrays (they may overlap).
+
+Reading it needs pickle, which can run code from the file: it is allowed here, for this one
+dataset's files, because the release offers no other format. Nothing else in us43d unpickles.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+
+from us43d.converters.base import Item, Sample, files_by_stem, find_folder, pair_files
+from us43d.converters.readers import connected_components, read_image
+from us43d.errors import ConversionError
+from us43d.registry.schema import DatasetEntry
+
+
+def list_items(raw: Path, entry: DatasetEntry) -> Iterator[Item]:
+    images = files_by_stem(find_folder(raw, "IMAGES"), (".png",))
+    arrays = files_by_stem(find_folder(raw, "ARRAY_FORMAT"), (".npy",))
+    for key, files, problem in pair_files(raw, images, arrays):
+        yield Item(key, files, problem=problem)
+
+
+def read_item(raw: Path, item: Item, entry: DatasetEntry) -> Iterator[Sample]:
+    image = read_image(raw / item.files[0])
+    try:
+        structures = np.load(raw / item.files[1], allow_pickle=True).item()["structures"]
+    except (OSError, ValueError, KeyError, AttributeError, EOFError) as exc:
+        raise ConversionError(f"not a FASS structure array ({exc})", item.files[1]) from exc
+    instances = []
+    for name, mask in sorted(structures.items()):
+        if name not in entry.categories:
+            raise ConversionError(f"unknown structure '{name}'", item.files[1])
+        mask = np.asarray(mask) > 0
+        if mask.shape != image.pixels.shape[:2]:
+            raise ConversionError(f"structure '{name}' is {mask.shape}, image {image.pixels.shape[:2]}", item.files[1])
+        instances.extend((name, part) for part in connected_components(mask) if part.any())
+    yield Sample(item.key, image.pixels, item.source_file, instances=instances, lossy=image.lossy)
