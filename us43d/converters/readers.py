@@ -19,6 +19,7 @@ LOSSY_FORMATS = frozenset({"JPEG", "MPO", "WEBP"})
 # A binary mask is refused when more than this share of its non-zero pixels are neither 0 nor
 # the full value: anti-aliased edges stay well below it, noise or a grey image goes above.
 MAX_INTERMEDIATE_SHARE = 0.5
+NEAR_EDGE = 0.125  # values within 1/8 of the range from 0 or full count as clean
 # Masks stored at another size are resized only when their aspect ratio matches the image's.
 MAX_ASPECT_MISMATCH = 0.02
 
@@ -124,12 +125,17 @@ def binary_mask(values: np.ndarray, shape: tuple[int, int], path: Path | str, al
             coverage = nonzero
         else:
             full = _full_value(values)
-            intermediate = n_nonzero - int(np.count_nonzero(values == full))
-            if intermediate > MAX_INTERMEDIATE_SHARE * n_nonzero:
+            # JPEG ringing leaves faint values near 0 and near full around every edge: only the
+            # middle band counts as "neither", and only against pixels that are not near 0.
+            near_zero = values < full * NEAR_EDGE
+            middle = ~near_zero & (values <= full * (1 - NEAR_EDGE))
+            substantial = int(np.count_nonzero(~near_zero))
+            intermediate = int(np.count_nonzero(middle))
+            if intermediate > MAX_INTERMEDIATE_SHARE * max(substantial, 1):
                 raise _fail(
                     path,
-                    f"mask values are not binary: {intermediate} of {n_nonzero} non-zero pixels are "
-                    f"neither 0 nor {full} ({present.size} distinct values)",
+                    f"mask values are not binary: {intermediate} of {substantial} foreground-like pixels are "
+                    f"far from both 0 and {full} ({present.size} distinct values)",
                 )
             coverage = values > full / 2
     if coverage.shape == tuple(shape):
@@ -332,3 +338,24 @@ def filled_outline(mask: np.ndarray) -> np.ndarray:
     from scipy import ndimage
 
     return ndimage.binary_fill_holes(mask)
+
+
+def read_video_frames(path: Path, wanted: set[int] | None = None) -> Iterator[tuple[int, np.ndarray]]:
+    """Decoded RGB frames of a video (AVI, MP4, ...) with their 0-based index; only `wanted`
+    frames when given (decoding stops after the last of them). Needs PyAV (`pip install av`)."""
+    if not path.is_file():
+        raise _fail(path, "file is missing")
+    try:
+        import av
+    except ModuleNotFoundError as exc:
+        raise _fail(path, "reading videos needs PyAV: pip install av") from exc
+    last = max(wanted) if wanted else None
+    try:
+        with av.open(str(path)) as container:
+            for index, frame in enumerate(container.decode(video=0)):
+                if last is not None and index > last:
+                    break
+                if wanted is None or index in wanted:
+                    yield index, frame.to_ndarray(format="rgb24")
+    except av.error.FFmpegError as exc:
+        raise _fail(path, f"cannot decode video ({exc})") from exc

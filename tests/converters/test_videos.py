@@ -1,0 +1,121 @@
+"""Fake EchoNet-Dynamic, EchoNet-Pediatric and brachial plexus videos, thyroid cine clips (HDF5)."""
+
+from pathlib import Path
+
+import h5py
+import numpy as np
+
+from helpers import built_instances, ellipse, write_pair, write_video
+from us43d.converters.readers import polygons_to_mask
+
+
+def frames(rng: np.random.Generator, count: int, shape=(48, 64)) -> list[np.ndarray]:
+    return [np.dstack([rng.integers(20, 230, shape, dtype=np.uint8)] * 3) for _ in range(count)]
+
+
+def test_echonet_dynamic(tmp_path: Path, rng: np.random.Generator) -> None:
+    root = tmp_path / "raw" / "EchoNet-Dynamic" / "EchoNet-Dynamic"
+    rows = ["FileName,X1,Y1,X2,Y2,Frame"]
+    for name in ("0X1A", "0X2B", "0X3C"):
+        write_video(root / "Videos" / f"{name}.avi", frames(rng, 8))
+        for frame in (2, 6):
+            rows.append(f"{name}.avi,30,5,30,40,{frame}")  # long axis, dropped
+            rows += [f"{name}.avi,20,{y},40,{y},{frame}" for y in (10, 20, 30)]  # chords
+    rows.append("0X9Z.avi,1,1,2,2,0")  # a tracing whose video is missing
+    (root / "VolumeTracings.csv").write_text("\n".join(rows) + "\n")
+    (root / "FileList.csv").write_text("FileName,EF,Split\n0X1A,50,TRAIN\n0X2B,60,VAL\n0X3C,55,TEST\n")
+    result, found = built_instances(tmp_path / "raw", tmp_path / "out", "EchoNet-Dynamic")
+    assert [e["reason"] for e in result.errors] == ["video named in VolumeTracings.csv is missing"]
+    assert result.reports["EchoNet-Dynamic"].images == 6
+    ((category, split, group, mask),) = found["EchoNet-Dynamic/Videos/0X3C.avi"][:1]
+    assert (category, split, group) == ("left ventricle", "test", "0X3C")
+    outline = [20, 10, 20, 20, 20, 30, 40, 30, 40, 20, 40, 10]
+    np.testing.assert_array_equal(mask, polygons_to_mask([outline], 48, 64, "t"))
+    frames_seen = (tmp_path / "out" / "coco" / "EchoNet-Dynamic" / "test.json").read_text()
+    assert '"frame":2' in frames_seen and '"frame":6' in frames_seen
+
+
+def test_echonet_pediatric(tmp_path: Path, rng: np.random.Generator) -> None:
+    root = tmp_path / "raw" / "EchoNet-Pediatric" / "pediatric_echo_avi" / "pediatric_echo_avi"
+    square = [(10, 10), (40, 10), (40, 35), (10, 35)]
+    for view in ("A4C", "PSAX"):
+        rows = ["FileName,X,Y,Frame"]
+        for name in ("CR1", "CR2"):
+            write_video(root / view / "Videos" / f"{name}.avi", frames(rng, 6))
+            rows += [f"{name}.avi,{x},{y},3" for x, y in square]
+            rows.append(f"{name}.avi,,,No Systolic")
+        (root / view / "VolumeTracings.csv").write_text("\n".join(rows) + "\n")
+    result, found = built_instances(tmp_path / "raw", tmp_path / "out", "EchoNet-Pediatric")
+    assert result.errors == [] and result.reports["EchoNet-Pediatric"].images == 4
+    ((category, _, group, mask),) = found["pediatric_echo_avi/pediatric_echo_avi/PSAX/Videos/CR2.avi"]
+    assert (category, group) == ("left ventricle", "PSAX/CR2")
+    np.testing.assert_array_equal(mask, polygons_to_mask([[v for p in square for v in p]], 48, 64, "t"))
+    assert '"frame":2' in next((tmp_path / "out" / "coco" / "EchoNet-Pediatric").glob("*.json")).read_text()  # 1-based 3
+
+
+def test_brachial_plexus(tmp_path: Path, rng: np.random.Generator) -> None:
+    data = tmp_path / "raw" / "brachial-plexus" / "brachial_plexus-main" / "data"
+    truth = {}
+    for device, video in (("Butterfly", "b240"), ("Sonosite", "s005")):
+        write_video(data / device / "videos" / f"{video}.mp4", frames(rng, 5))
+        for i in range(4):  # the last frame has no mask
+            truth[(video, i)] = write_pair(rng, None, data / device / "ac_masks" / video / f"{video}_{i:03d}.jpg", shape=(48, 64))
+    needle = np.zeros((48, 64), bool)
+    needle[5:8, 5:40] = True
+    write_pair(rng, None, data / "Sonosite" / "needle" / "needle_masks" / "s005" / "s005_001.jpg", mask=needle)
+    result, found = built_instances(tmp_path / "raw", tmp_path / "out", "brachial-plexus")
+    assert result.errors == [] and result.reports["brachial-plexus"].images == 8
+    rows = found["brachial_plexus-main/data/Sonosite/videos/s005.mp4"]
+    assert {g for *_, g, _ in rows} == {"s005"} and len({s for _, s, _, _ in rows}) == 1
+    needles = [m for c, *_, m in rows if c == "needle"]
+    assert len(needles) == 1 and (needles[0] & needle).sum() / (needles[0] | needle).sum() > 0.9
+
+
+def test_thyroid_cineclip(tmp_path: Path, rng: np.random.Generator) -> None:
+    folder = tmp_path / "raw" / "Thyroid-US-Cineclip"
+    folder.mkdir(parents=True)
+    nodule = ellipse((40, 50), (20, 25), (8, 10))
+    images = rng.integers(1, 255, (7, 40, 50), dtype=np.uint8)
+    masks = np.zeros((7, 40, 50), np.uint8)
+    masks[[0, 1, 3, 5]] = nodule
+    with h5py.File(folder / "dataset.hdf5", "w") as handle:
+        handle["image"] = images
+        handle["mask"] = masks
+        handle["annot_id"] = np.array([b"n1", b"n1", b"n1", b"n2", b"n2", b"n2", b"n2"])
+        handle["frame_num"] = np.array([0, 1, 2, 0, 1, 2, 3])
+    result, found = built_instances(tmp_path / "raw", tmp_path / "out", "Thyroid-US-Cineclip")
+    assert result.errors == [] and result.reports["Thyroid-US-Cineclip"].images == 4
+    rows = found["dataset.hdf5"]
+    assert {g for *_, g, _ in rows} == {"n1", "n2"}
+    np.testing.assert_array_equal(rows[0][3], nodule)
+
+
+def test_fast_u_net_and_regpro(tmp_path: Path, rng: np.random.Generator) -> None:
+    import nibabel as nib
+
+    dataset = tmp_path / "raw" / "Fast-U-Net" / "Fast-U-Net-main" / "Dataset"
+    truth = {}
+    for name in ("0001", "fa_0002"):
+        truth[name] = write_pair(rng, dataset / "AC" / "image" / f"{name}.png", dataset / "AC" / "mask" / f"{name}.png")
+    for stem in ("010_HC", "010_2HC"):
+        truth[stem] = write_pair(
+            rng, dataset / "HC" / "image" / f"{stem}.png", dataset / "HC" / "mask" / f"{stem}_Annotation.png"
+        )
+    result, found = built_instances(tmp_path / "raw", tmp_path / "out", "Fast-U-Net")
+    assert result.errors == [] and result.reports["Fast-U-Net"].images == 4
+    ((category, split, group, mask),) = found["Fast-U-Net-main/Dataset/HC/image/010_2HC.png"]
+    assert (category, group) == ("fetal abdomen or head", "HC_010")
+    np.testing.assert_array_equal(mask, truth["010_2HC"])
+
+    root = tmp_path / "raw" / "regPro"
+    for part in ("train", "val"):
+        for case in ("case000001", "case000002"):
+            image = rng.integers(0, 255, (5, 20, 24), dtype=np.uint8)
+            labels = np.zeros((5, 20, 24, 2), np.uint8)
+            labels[1:3, 5:15, 5:15, 0] = 1  # gland
+            labels[2, 8:13, 8:13, 1] = 1  # a landmark inside it
+            for folder, array in (("us_images", image), ("us_labels", labels), ("mr_images", image)):
+                (root / part / folder).mkdir(parents=True, exist_ok=True)
+                nib.save(nib.Nifti1Image(array, np.eye(4)), root / part / folder / f"{case}.nii.gz")
+    result, found = built_instances(tmp_path / "raw", tmp_path / "out2", "regPro")
+    assert result.errors == [] and result.reports["regPro"].images == 8 and result.reports["regPro"].instances == 12

@@ -1,0 +1,79 @@
+"""EchoNet-Dynamic: `Videos/<name>.avi` with `VolumeTracings.csv` (FileName, X1, Y1, X2, Y2,
+Frame). Each traced (video, frame) block is a long axis (first row, dropped) and chords across
+the ventricle; the outline is the X1/Y1 ends in order, then the X2/Y2 ends in reverse. Frame is
+a 0-based index. `FileList.csv` Split == TEST is the official test set; one video per patient."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from us43d.converters.base import TEST, Item, Sample, find_folder, relative
+from us43d.converters.readers import polygons_to_mask, read_video_frames
+from us43d.errors import ConversionError
+from us43d.registry.schema import DatasetEntry
+
+
+def _csv(path: Path, columns: tuple[str, ...]) -> pd.DataFrame:
+    if not path.is_file():
+        raise ConversionError("file is missing", str(path))
+    table = pd.read_csv(path)
+    missing = [c for c in columns if c not in table.columns]
+    if missing:
+        raise ConversionError(f"CSV lacks columns {missing}", str(path))
+    return table
+
+
+def list_items(raw: Path, entry: DatasetEntry) -> Iterator[Item]:
+    root = find_folder(raw, "Videos").parent
+    tracings = _csv(root / "VolumeTracings.csv", ("FileName", "X1", "Y1", "X2", "Y2", "Frame"))
+    splits: dict[str, str] = {}
+    if (root / "FileList.csv").is_file():
+        files = _csv(root / "FileList.csv", ("FileName", "Split"))
+        splits = {Path(str(n)).stem: str(s).upper() for n, s in zip(files["FileName"], files["Split"])}
+    for name, rows in tracings.groupby("FileName", sort=True):
+        video = root / "Videos" / str(name)
+        stem = Path(str(name)).stem
+        outlines = {}
+        for frame, block in rows.groupby("Frame", sort=True):
+            chords = block.iloc[1:]
+            xs = np.concatenate([chords["X1"].to_numpy(), chords["X2"].to_numpy()[::-1]])
+            ys = np.concatenate([chords["Y1"].to_numpy(), chords["Y2"].to_numpy()[::-1]])
+            outlines[int(frame)] = np.stack([xs, ys], axis=1).ravel().tolist()
+        source = relative(raw, video) if video.is_file() else f"{relative(raw, root)}/Videos/{name}"
+        yield Item(
+            stem,
+            (source, relative(raw, root / "VolumeTracings.csv")),
+            group=stem,
+            split=TEST if splits.get(stem) == "TEST" else None,
+            meta={"outlines": outlines},
+            problem=None if video.is_file() else "video named in VolumeTracings.csv is missing",
+        )
+
+
+def traced_samples(raw: Path, item: Item, entry: DatasetEntry, outlines: dict[int, list[float]]) -> Iterator[Sample]:
+    """Frames of the item's video that carry an outline, each with the filled outline."""
+    found = set()
+    for index, frame in read_video_frames(raw / item.files[0], set(outlines)):
+        found.add(index)
+        mask = polygons_to_mask([outlines[index]], frame.shape[0], frame.shape[1], item.files[1])
+        yield Sample(
+            f"{item.key}/{index:04d}",
+            frame,
+            item.source_file,
+            label_map=mask.astype(np.uint8),
+            label_names={1: entry.categories[0]},
+            group=item.group,
+            split=item.split,
+            frame=index,
+        )
+    missing = sorted(set(outlines) - found)
+    if missing:
+        raise ConversionError(f"traced frames {missing[:5]} are beyond the end of the video", item.source_file)
+
+
+def read_item(raw: Path, item: Item, entry: DatasetEntry) -> Iterator[Sample]:
+    yield from traced_samples(raw, item, entry, item.meta["outlines"])

@@ -1,0 +1,52 @@
+"""mu-RegPro: `{train,val}/us_images/<case>.nii.gz` with `{train,val}/us_labels/<case>.nii.gz`,
+a 4D label of one binary channel per structure (gland and landmarks, overlapping). Every
+channel's components become instances of the one class-agnostic category; MR files are not
+read. Slices with no label are dropped; the case is the group."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+
+from us43d.converters.base import Item, Sample, find_folder, pair_files
+from us43d.converters.readers import Volume, connected_components, read_volume, to_storable
+from us43d.errors import ConversionError
+from us43d.registry.schema import DatasetEntry
+
+
+def list_items(raw: Path, entry: DatasetEntry) -> Iterator[Item]:
+    for part in ("train", "val"):
+        root = find_folder(raw, f"{part}/us_images").parent
+        images = {p.name.removesuffix(".nii.gz"): p for p in sorted((root / "us_images").glob("*.nii.gz"))}
+        labels = {p.name.removesuffix(".nii.gz"): p for p in sorted((root / "us_labels").glob("*.nii.gz"))}
+        for key, files, problem in pair_files(raw, images, labels):
+            yield Item(f"{part}/{key}", files, group=key, problem=problem)
+
+
+def read_item(raw: Path, item: Item, entry: DatasetEntry) -> Iterator[Sample]:
+    image, labels = read_volume(raw / item.files[0]), read_volume(raw / item.files[1])
+    channels = labels.array if labels.array.ndim == 4 else labels.array[..., None]
+    if channels.shape[:3] != image.array.shape:
+        raise ConversionError(f"label {channels.shape} does not match image {image.array.shape}", item.files[1])
+    axis = Volume(image.array, image.axcodes).axis_of(entry.slicing_axis or "sagittal")
+    pixels = to_storable(image.array)
+    for index in range(pixels.shape[axis]):
+        planes = np.take(channels, index, axis=axis) > 0  # (a, b, channels)
+        if not planes.any():
+            continue
+        instances = [
+            (entry.categories[0], part)
+            for c in range(planes.shape[-1])
+            for part in connected_components(planes[..., c].T)
+            if part.any()
+        ]
+        yield Sample(
+            f"{item.key}/{index:04d}",
+            np.ascontiguousarray(np.take(pixels, index, axis=axis).T),
+            item.source_file,
+            instances=instances,
+            group=item.group,
+            frame=index,
+        )
