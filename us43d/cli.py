@@ -67,7 +67,7 @@ def list_datasets(
     entries = reg.filter(organ, modality, access)
     table = Table(title=f"{len(entries)} of {len(reg)} datasets", show_lines=False)
     for column in ("id", "organ", "application", "modality", "access", "categories", "test split", "images"):
-        table.add_column(column, overflow="fold")
+        table.add_column(column, overflow="fold", no_wrap=column == "id")
     for e in entries:
         table.add_row(
             e.id,
@@ -148,7 +148,7 @@ def build(
 def _print_build(result: Any) -> None:
     table = Table(title=f"build of {result.out}")
     for column in ("dataset", "images", "instances", "train", "val", "test", "no instance", "cleaned px", "errors", ""):
-        table.add_column(column, justify="right" if column not in ("dataset", "") else "left")
+        table.add_column(column, justify="right" if column not in ("dataset", "") else "left", no_wrap=column == "dataset")
     for dataset_id, r in sorted(result.reports.items()):
         splits = result.split_counts.get(dataset_id, {})
         table.add_row(
@@ -200,7 +200,7 @@ def stats(out: Annotated[Path, typer.Argument(help="Corpus folder written by `us
     result = corpus_stats(out)
     table = Table(title="images / instances per dataset and split")
     for column in ("dataset", "organ", "train", "val", "test", "images", "instances"):
-        table.add_column(column, justify="left" if column in ("dataset", "organ") else "right")
+        table.add_column(column, justify="left" if column in ("dataset", "organ") else "right", no_wrap=column == "dataset")
     for dataset_id, row in result.by_dataset.iterrows():
         table.add_row(
             str(dataset_id),
