@@ -144,3 +144,9 @@ def write_video(path: Path, frames: list[np.ndarray], codec: str = "mpeg4") -> N
                 container.mux(packet)
         for packet in stream.encode():
             container.mux(packet)
+
+
+def jpeg_truth(path: Path) -> np.ndarray:
+    """What a lossy mask file holds once decoded and thresholded at half range."""
+    with Image.open(path) as image:
+        return np.asarray(image.convert("L")) > 127

@@ -67,6 +67,11 @@ def test_echocp(tmp_path: Path, rng: np.random.Generator) -> None:
     result, found = built_instances(tmp_path / "raw", tmp_path / "out", "EchoCP")
     assert result.errors == [] and result.reports["EchoCP"].images == 3 and result.reports["EchoCP"].instances == 6
     assert {c for rows in found.values() for c, *_ in rows} == {"cardiac chamber"}
+    rows = found["EchoCP_dataset/02_rest_image.nii.gz"]
+    assert {g for *_, g, _ in rows} == {"02_rest"}
+    expected = np.zeros((20, 30), bool)
+    expected[5:10, 5:15] = True  # labels[5:15, 5:10] in (x, y), as rows = y, then turned 180 degrees
+    assert any(np.array_equal(m, expected[::-1, ::-1]) for *_, m in rows)
 
 
 def test_asus(tmp_path: Path, rng: np.random.Generator) -> None:

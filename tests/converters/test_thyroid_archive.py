@@ -4,7 +4,7 @@ from pathlib import Path
 
 import numpy as np
 
-from helpers import built_instances, iou, write_pair
+from helpers import built_instances, iou, jpeg_truth, write_pair
 
 
 def test_ddti(tmp_path: Path, rng: np.random.Generator) -> None:
@@ -26,6 +26,7 @@ def test_tg3k_jpeg_masks(tmp_path: Path, rng: np.random.Generator) -> None:
     assert result.errors == [] and result.reports["TG3K"].images == 6
     ((category, _, _, mask),) = found["Thyroid Dataset/tg3k/thyroid-image/0002.jpg"]
     assert category == "thyroid gland" and iou(mask, truth[2]) > 0.97
+    np.testing.assert_array_equal(mask, jpeg_truth(root / "thyroid-mask" / "0002.jpg"))
 
 
 def test_tn3k_official_test(tmp_path: Path, rng: np.random.Generator) -> None:
@@ -40,3 +41,4 @@ def test_tn3k_official_test(tmp_path: Path, rng: np.random.Generator) -> None:
     assert {rows[0][1] for source, rows in found.items() if "/trainval-image/" in source} <= {"train", "val"}
     ((category, split, _, mask),) = found["Thyroid Dataset/tn3k/test-image/0001.jpg"]
     assert category == "thyroid nodule" and iou(mask, truth[("test", 1)]) > 0.97
+    np.testing.assert_array_equal(mask, jpeg_truth(root / "test-mask" / "0001.jpg"))

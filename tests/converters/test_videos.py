@@ -5,7 +5,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from helpers import built_instances, ellipse, write_pair, write_video
+from helpers import built_instances, ellipse, jpeg_truth, write_pair, write_video
 from us43d.converters.readers import polygons_to_mask
 
 
@@ -69,6 +69,7 @@ def test_brachial_plexus(tmp_path: Path, rng: np.random.Generator) -> None:
     assert {g for *_, g, _ in rows} == {"s005"} and len({s for _, s, _, _ in rows}) == 1
     needles = [m for c, *_, m in rows if c == "needle"]
     assert len(needles) == 1 and (needles[0] & needle).sum() / (needles[0] | needle).sum() > 0.9
+    np.testing.assert_array_equal(needles[0], jpeg_truth(data / "Sonosite" / "needle" / "needle_masks" / "s005" / "s005_001.jpg"))
 
 
 def test_thyroid_cineclip(tmp_path: Path, rng: np.random.Generator) -> None:
