@@ -218,6 +218,81 @@ def stats(out: Annotated[Path, typer.Argument(help="Corpus folder written by `us
     console.print(organs)
 
 
+@app.command()
+@_friendly
+def fetch(
+    datasets: Annotated[list[str] | None, typer.Argument(help="Dataset ids (case-insensitive).")] = None,
+    all_datasets: Annotated[bool, typer.Option("--all", help="Every dataset of the registry.")] = False,
+    downloads: Annotated[Path, typer.Option(help="Where downloads are kept (per source, verified).")] = Path("downloads"),
+    raw: Annotated[Path, typer.Option(help="Where RAW/<ID>/ is extracted, for `us43d build`.")] = Path("raw"),
+    workers: Annotated[int, typer.Option(help="Parallel downloads.")] = 4,
+    from_files: Annotated[
+        list[Path] | None, typer.Option("--from", help="Import files you downloaded by hand (one dataset).")
+    ] = None,
+    registry: RegistryDirs = None,
+) -> None:
+    """Download, verify and extract datasets; print what to do where no download is possible."""
+    from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn, TransferSpeedColumn
+
+    from us43d.fetch.fetcher import fetch as run_fetch
+
+    reg = _registry(registry)
+    if all_datasets == bool(datasets):
+        raise Us43dError("name the datasets to fetch, or pass --all")
+    entries = list(reg) if all_datasets else reg.resolve(datasets or [])
+    for entry in entries:
+        console.print(f"[bold]{entry.id}[/]: licence {entry.licence}", highlight=False)
+    bars = Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        DownloadColumn(),
+        TransferSpeedColumn(),
+        TimeRemainingColumn(),
+        console=console,
+    )
+    tasks: dict[str, Any] = {}
+
+    def progress(name: str, done: int, total: int | None) -> None:
+        if name not in tasks:
+            tasks[name] = bars.add_task(name, total=total)
+        bars.update(tasks[name], completed=done, total=total)
+
+    with bars:
+        outcomes = run_fetch(entries, downloads, raw, workers, from_files or (), progress=progress)
+    failed = False
+    for outcome in outcomes:
+        colour = {"fetched": "green", "manual": "yellow", "failed": "red"}[outcome.state]
+        console.print(f"[{colour}]{outcome.dataset}: {outcome.state}[/]", highlight=False)
+        for message in outcome.messages:
+            console.print(f"  {message}", highlight=False, markup=False)
+        if outcome.state == "manual":
+            console.print(f"  then: us43d fetch {outcome.dataset} --from FILE", highlight=False, markup=False)
+        failed |= outcome.state == "failed"
+    if failed:
+        raise typer.Exit(1)
+
+
+@app.command()
+@_friendly
+def status(
+    raw: Annotated[Path, typer.Option(help="RAW folder.")] = Path("raw"),
+    downloads: Annotated[Path, typer.Option(help="Downloads folder.")] = Path("downloads"),
+    out: Annotated[Path | None, typer.Option(help="Corpus folder, to tell built datasets.")] = Path("corpus"),
+    registry: RegistryDirs = None,
+) -> None:
+    """Where every dataset stands: not fetched, partial, fetched, built."""
+    from us43d.fetch.fetcher import dataset_status
+
+    table = Table(title="datasets")
+    for column in ("dataset", "access", "status"):
+        table.add_column(column, no_wrap=column == "dataset")
+    colours = {"built": "green", "fetched": "cyan", "partial": "yellow", "not fetched": "dim"}
+    for entry in _registry(registry):
+        state = dataset_status(entry, downloads, raw, out)
+        table.add_row(entry.id, entry.access, f"[{colours[state]}]{state}[/]")
+    console.print(table)
+
+
 def _parse_floats(text: str | None, count: int, name: str) -> tuple[float, ...] | None:
     if text is None:
         return None

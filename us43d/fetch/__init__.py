@@ -1,0 +1,1 @@
+"""Downloading, verifying and extracting the registry's sources."""
