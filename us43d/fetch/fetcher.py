@@ -100,7 +100,10 @@ def plan(entry: DatasetEntry, http: requests.Session) -> tuple[list[tuple[Source
     steps: list[str] = []
     for source in entry.sources:
         try:
-            jobs.extend((source, remote) for remote in resolve(source, http))
+            remotes = resolve(source, http)
+            if not remotes:
+                raise DownloadError(f"{source.kind} {source.location}: the listing holds no files")
+            jobs.extend((source, remote) for remote in remotes)
         except (ManualStep, CredentialsMissing) as exc:
             steps.append(str(exc))
     if not entry.sources:

@@ -23,7 +23,7 @@ from us43d import __version__
 from us43d.errors import Us43dError
 
 USER_AGENT = f"us43d/{__version__} (+https://github.com/us43d)"
-CHUNK = 1 << 20
+CHUNK = 1 << 16  # small enough that a dropped connection keeps most of what arrived
 RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
 
 
@@ -42,6 +42,7 @@ class RemoteFile:
     sha256: str | None = None
     headers: dict[str, str] = field(default_factory=dict)
     auth: tuple[str, str] | None = None  # HTTP basic (Kaggle); never printed
+    refused_hint: str | None = None  # what to tell the user when the server answers 401/403
 
 
 @dataclass(frozen=True)
@@ -144,7 +145,8 @@ def download(
             if response.status_code == 416 and remote.size is not None and have >= remote.size:
                 break  # already complete
             if response.status_code in (401, 403):
-                raise DownloadError(f"{remote.name}: {response.status_code} from {redact(remote.url)} (access refused)")
+                hint = f"; {remote.refused_hint}" if remote.refused_hint else ""
+                raise DownloadError(f"{remote.name}: {response.status_code} from {redact(remote.url)} (access refused){hint}")
             if response.status_code == 404:
                 raise DownloadError(f"{remote.name}: not found at {redact(remote.url)}")
             if response.status_code not in (200, 206):

@@ -187,11 +187,16 @@ def kaggle(source: Source, http: requests.Session) -> list[RemoteFile]:
     base = f"{base_url('kaggle')}/api/v1"
     if source.kind == "kaggle-competition":
         url, name = f"{base}/competitions/data/download-all/{source.location}", f"{source.location}.zip"
+        hint = (
+            f"Kaggle answers 403 until you join the competition and accept its rules, with the same account, at "
+            f"https://www.kaggle.com/c/{source.location}/rules (the API cannot accept them for you)"
+        )
     else:
         owner, slug = source.location.split("/", 1)
         url, name = f"{base}/datasets/download/{owner}/{slug}", f"{slug}.zip"
+        hint = "check your Kaggle credentials (KAGGLE_USERNAME/KAGGLE_KEY or ~/.kaggle/kaggle.json)"
     size, md5, sha256 = _pinned(source, name)
-    return [RemoteFile(name, url, size, md5, sha256, auth=auth)]
+    return [RemoteFile(name, url, size, md5, sha256, auth=auth, refused_hint=hint)]
 
 
 def plain(source: Source, http: requests.Session) -> list[RemoteFile]:

@@ -1,0 +1,66 @@
+from __future__ import annotations
+
+import io
+import tarfile
+import zipfile
+from pathlib import Path
+
+import pytest
+
+from us43d.fetch.extract import ExtractionError, Limits, extract
+
+
+def make_zip(path: Path, entries: dict[str, bytes]) -> Path:
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as bundle:
+        for name, data in entries.items():
+            bundle.writestr(name, data)
+    return path
+
+
+def test_zip_with_nested_zip(tmp_path: Path) -> None:
+    inner = io.BytesIO()
+    with zipfile.ZipFile(inner, "w") as bundle:
+        bundle.writestr("Benign/image/1.jpg", b"jpeg")
+    make_zip(tmp_path / "AUL.zip", {"Benign.zip": inner.getvalue(), "readme.txt": b"hi"})
+    extract(tmp_path / "AUL.zip", tmp_path / "out")
+    assert (tmp_path / "out" / "Benign" / "Benign" / "image" / "1.jpg").read_bytes() == b"jpeg"
+    assert not (tmp_path / "out" / "Benign.zip").exists()
+
+
+@pytest.mark.parametrize("name", ["../evil.txt", "/etc/evil.txt", "a/../../evil.txt"])
+def test_zip_slip_is_refused_before_anything_is_written(tmp_path: Path, name: str) -> None:
+    make_zip(tmp_path / "bad.zip", {"good.txt": b"ok", name: b"evil"})
+    with pytest.raises(ExtractionError, match="refusing entry"):
+        extract(tmp_path / "bad.zip", tmp_path / "out")
+    assert not (tmp_path / "out" / "good.txt").exists()
+    assert not (tmp_path / "evil.txt").exists()
+
+
+def test_bomb_is_refused(tmp_path: Path) -> None:
+    make_zip(tmp_path / "bomb.zip", {"zeros.bin": b"\0" * (20 << 20)})
+    with pytest.raises(ExtractionError, match="archive bomb"):
+        extract(tmp_path / "bomb.zip", tmp_path / "out")
+    with pytest.raises(ExtractionError, match="exceed the limit"):
+        extract(make_zip(tmp_path / "big.zip", {"a.bin": b"x" * 5000}), tmp_path / "out2", Limits(max_total_bytes=1000))
+
+
+def test_tar_links_outside_are_refused_and_good_tars_extract(tmp_path: Path) -> None:
+    with tarfile.open(tmp_path / "bad.tar.gz", "w:gz") as bundle:
+        link = tarfile.TarInfo("data/escape")
+        link.type, link.linkname = tarfile.SYMTYPE, "../../etc/passwd"
+        bundle.addfile(link)
+    with pytest.raises(ExtractionError, match="outside the target"):
+        extract(tmp_path / "bad.tar.gz", tmp_path / "out")
+    with tarfile.open(tmp_path / "good.tar.gz", "w:gz") as bundle:
+        info = tarfile.TarInfo("tnscui/JPEGImages/1.jpg")
+        info.size = 3
+        bundle.addfile(info, io.BytesIO(b"abc"))
+    extract(tmp_path / "good.tar.gz", tmp_path / "ok")
+    assert (tmp_path / "ok" / "tnscui" / "JPEGImages" / "1.jpg").read_bytes() == b"abc"
+
+
+def test_truncated_archive_is_an_error(tmp_path: Path) -> None:
+    path = make_zip(tmp_path / "t.zip", {"a.bin": bytes(range(256)) * 1000})
+    path.write_bytes(path.read_bytes()[:500])
+    with pytest.raises(ExtractionError, match="corrupt or truncated"):
+        extract(path, tmp_path / "out")
