@@ -64,3 +64,32 @@ def test_truncated_archive_is_an_error(tmp_path: Path) -> None:
     path.write_bytes(path.read_bytes()[:500])
     with pytest.raises(ExtractionError, match="corrupt or truncated"):
         extract(path, tmp_path / "out")
+
+
+def test_single_gz_file(tmp_path: Path) -> None:
+    import gzip
+
+    (tmp_path / "vol.mha.gz").write_bytes(gzip.compress(b"volume-bytes"))
+    extract(tmp_path / "vol.mha.gz", tmp_path / "out")
+    assert (tmp_path / "out" / "vol.mha").read_bytes() == b"volume-bytes"
+
+
+def test_7z_archives_need_and_use_7zip(tmp_path: Path) -> None:
+    import shutil
+    import subprocess
+
+    from us43d.fetch.extract import seven_zip
+
+    try:
+        tool = seven_zip()
+    except ExtractionError as exc:
+        assert "needs 7-Zip" in str(exc)
+        pytest.skip("7-Zip is not installed here")
+    (tmp_path / "src" / "Dataset" / "AC").mkdir(parents=True)
+    (tmp_path / "src" / "Dataset" / "AC" / "0001.png").write_bytes(b"png")
+    subprocess.run(
+        [tool, "a", "-bd", "-y", str(tmp_path / "AC_mask.7z"), "Dataset"], cwd=tmp_path / "src", check=True, capture_output=True
+    )
+    extract(tmp_path / "AC_mask.7z", tmp_path / "out")
+    assert (tmp_path / "out" / "Dataset" / "AC" / "0001.png").read_bytes() == b"png"
+    assert shutil.which(tool)

@@ -227,3 +227,20 @@ def test_import_is_checked_against_pinned_checksums(tmp_path: Path) -> None:
     with pytest.raises(DownloadError, match="sha256"):
         fetch(list(reg), tmp_path / "dl", tmp_path / "raw", imported=[tmp_path / "data.zip"])
     assert not (tmp_path / "raw" / "Pinned").exists()
+
+
+def test_import_keeps_what_the_automatic_sources_brought(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    labels = zip_bytes({"labels/reviewed_masks_1/capsule/1_IM_anon.png": b"mask"})
+    with FakePlatform(files={"/rsingla92/kidneyUS/zip/becfa9a897df8a47": labels}) as server:
+        monkeypatch.setenv("US43D_GITHUB_URL", server.url)
+        sources = [
+            {"kind": "manual", "location": "https://example.org/form", "instructions": "fill the form"},
+            {"kind": "github", "location": "rsingla92/kidneyUS", "ref": "becfa9a897df8a47"},
+        ]
+        reg = registry_with(tmp_path, entry("Kid", sources, "manual"))
+        (first,) = fetch(list(reg), tmp_path / "dl", tmp_path / "raw", policy=FAST)
+    assert first.state == "manual" and "fill the form" in first.messages[0]
+    (tmp_path / "images.zip").write_bytes(zip_bytes({"kidneyUS_images/1_IM_anon.png": b"image"}))
+    fetch(list(reg), tmp_path / "dl", tmp_path / "raw", imported=[tmp_path / "images.zip"])
+    assert (tmp_path / "raw" / "Kid" / "kidneyUS_images" / "1_IM_anon.png").is_file()
+    assert (tmp_path / "raw" / "Kid" / "labels" / "reviewed_masks_1" / "capsule" / "1_IM_anon.png").is_file()

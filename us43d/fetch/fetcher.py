@@ -129,6 +129,16 @@ def fetch(
             raise Us43dError("--from imports files for exactly one dataset")
         entry = entries[0]
         files = _import_files(entry, imported, downloads)
+        # files the automatic sources of this dataset already brought (kidneyUS: the labels
+        # come from GitHub, the images by hand) are installed together with the import
+        automatic = [
+            p
+            for s in entry.sources
+            if s.kind != "manual" and source_folder(downloads, s).is_dir()
+            for p in sorted(source_folder(downloads, s).iterdir())
+            if p.is_file() and not p.name.endswith(".part")
+        ]
+        files = automatic + files
         install(entry, files, raw)
         return [FetchOutcome(entry.id, "fetched", [f"imported {len(files)} file(s)"], [str(f) for f in files])]
     planned: dict[str, tuple[list[tuple[Source, RemoteFile]], list[str]]] = {}
