@@ -1,8 +1,9 @@
 """From a registry source to the files to download, one small resolver per platform.
 
 Every platform's base URL can be overridden with `US43D_<KIND>_URL` (US43D_ZENODO_URL,
-US43D_MENDELEY_URL, US43D_GITHUB_URL, US43D_KAGGLE_URL, US43D_FIGSHARE_URL, US43D_HTTP_URL,
-US43D_GIRDER_URL), so the whole path can be exercised against a local server.
+US43D_MENDELEY_URL, US43D_GITHUB_URL, US43D_KAGGLE_URL, US43D_FIGSHARE_URL; for plain URLs
+US43D_HTTP_URL, US43D_GIRDER_URL and US43D_TCIA_URL replace scheme and host), so the whole path
+can be exercised against a local server.
 """
 
 from __future__ import annotations
