@@ -81,6 +81,7 @@ class BuildOptions:
 class DatasetReport:
     dataset: str
     items: int = 0
+    items_converted: int = 0
     items_failed: int = 0
     samples: int = 0
     images: int = 0
@@ -233,7 +234,9 @@ def _build_dataset(
     items, errors = _list_items(entry, raw_dir)
     if options.strict and errors:
         raise StrictStop(f"{errors[0].dataset}: {errors[0].file}: {errors[0].reason}")
-    report.items = len(items) + sum(1 for e in errors if "duplicate" in e.reason)
+    duplicates_listed = sum(1 for e in errors if "duplicate" in e.reason)
+    report.items = len(items) + duplicates_listed
+    report.items_failed = duplicates_listed
     task = process.Task(entry, raw_dir, staging, entry.id)
     progress_task = progress.add_task(entry.id, total=len(items)) if progress else None
     records: list[ImageRecord] = []
@@ -244,6 +247,8 @@ def _build_dataset(
             if options.strict:
                 e = result.errors[0]
                 raise StrictStop(f"{e.dataset}: {e.file}: {e.reason}")
+        else:
+            report.items_converted += 1
         records.extend(result.records)
         report.samples += result.samples
         report.dropped_without_instances += result.dropped_empty
