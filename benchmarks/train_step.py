@@ -39,7 +39,10 @@ def one_variant(args: argparse.Namespace) -> dict[str, float]:
         "image": torch.randn(args.batch_size, 3, shape.image_size, shape.image_size, generator=generator),
         "targets": [(torch.rand(instances, low, low, generator=generator) > 0.7).float() for _ in range(args.batch_size)],
         "points": [torch.rand(instances, 2, generator=generator) * shape.image_size for _ in range(args.batch_size)],
-        "boxes": [torch.tensor([[10.0, 10.0, shape.image_size * 0.6, shape.image_size * 0.5]] * instances) for _ in range(args.batch_size)],
+        "boxes": [
+            torch.tensor([[10.0, 10.0, shape.image_size * 0.6, shape.image_size * 0.5]] * instances)
+            for _ in range(args.batch_size)
+        ],
         "is_box": [torch.tensor([True, False, True]) for _ in range(args.batch_size)],
     }
 
@@ -63,7 +66,11 @@ def one_variant(args: argparse.Namespace) -> dict[str, float]:
         torch.cuda.synchronize()
     seconds = time.perf_counter() - started
     peak = torch.cuda.max_memory_allocated() / 2**30 if cuda else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
-    return {"images_per_s": args.batch_size * args.steps / seconds, "peak_gib": peak, "device": torch.cuda.get_device_name() if cuda else "cpu"}
+    return {
+        "images_per_s": args.batch_size * args.steps / seconds,
+        "peak_gib": peak,
+        "device": torch.cuda.get_device_name() if cuda else "cpu",
+    }
 
 
 def main() -> None:
@@ -88,19 +95,37 @@ def main() -> None:
         return
     results = {}
     for variant in ("reference", "sdpa"):
-        command = [sys.executable, __file__, "--variant", variant, "--model", args.model, "--image-size", str(args.image_size),
-                   "--batch-size", str(args.batch_size), "--steps", str(args.steps), "--warmup", str(args.warmup)]
+        command = [
+            sys.executable,
+            __file__,
+            "--variant",
+            variant,
+            "--model",
+            args.model,
+            "--image-size",
+            str(args.image_size),
+            "--batch-size",
+            str(args.batch_size),
+            "--steps",
+            str(args.steps),
+            "--warmup",
+            str(args.warmup),
+        ]
         output = subprocess.run(command, capture_output=True, text=True, check=True).stdout.strip().splitlines()[-1]
         results[variant] = json.loads(output)
-    print(f"training step, {args.model} at {args.image_size}, batch {args.batch_size}, {'bf16' if cuda else 'fp32'}, "
-          f"device {results['sdpa']['device']}")
+    print(
+        f"training step, {args.model} at {args.image_size}, batch {args.batch_size}, {'bf16' if cuda else 'fp32'}, "
+        f"device {results['sdpa']['device']}"
+    )
     for variant, label in (("reference", "segment_anything attention"), ("sdpa", "SDPA attention (default)")):
         r = results[variant]
         print(f"  {label:28s} {r['images_per_s']:7.2f} images/s   peak {'GPU' if cuda else 'RSS'} {r['peak_gib']:.2f} GiB")
     ref, new = results["reference"], results["sdpa"]
     print(f"  speed-up x{new['images_per_s'] / ref['images_per_s']:.2f}, memory x{ref['peak_gib'] / new['peak_gib']:.2f} less")
     if cuda:
-        print(f"  against the paper's {PAPER_IMAGES_PER_S} images/s per GPU: x{new['images_per_s'] / PAPER_IMAGES_PER_S:.2f} (goal x3)")
+        print(
+            f"  against the paper's {PAPER_IMAGES_PER_S} images/s per GPU: x{new['images_per_s'] / PAPER_IMAGES_PER_S:.2f} (goal x3)"
+        )
 
 
 if __name__ == "__main__":

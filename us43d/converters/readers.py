@@ -89,6 +89,14 @@ def read_mask_values(path: Path) -> np.ndarray:
     return values.max(axis=2) if values.ndim == 3 else values
 
 
+def present_values(values: np.ndarray) -> np.ndarray:
+    """Sorted distinct values; a histogram for 8-bit data, which is several times faster than
+    sorting and is the common case for masks."""
+    if values.dtype == np.uint8 or values.dtype == bool:
+        return np.flatnonzero(np.bincount(values.ravel().view(np.uint8), minlength=2)).astype(values.dtype)
+    return np.unique(values)
+
+
 def _full_value(values: np.ndarray) -> int:
     return 65535 if values.dtype == np.uint16 else 255
 
@@ -120,7 +128,7 @@ def binary_mask(values: np.ndarray, shape: tuple[int, int], path: Path | str, al
     if values.dtype == bool or n_nonzero == 0:
         coverage = nonzero
     else:
-        present = np.unique(values[nonzero])
+        present = present_values(values[nonzero])
         if present.size == 1:
             coverage = nonzero
         else:
@@ -166,7 +174,7 @@ def label_map(
         if not np.array_equal(values, np.round(values)):
             raise _fail(path, "label map holds non-integer values")
     values = values.astype(np.int32, copy=False)
-    unexpected = sorted(set(np.unique(values).tolist()) - {0, *allowed})
+    unexpected = sorted(set(present_values(values).tolist()) - {0, *allowed})
     if unexpected:
         raise _fail(path, f"label map holds unexpected values {unexpected[:10]} (expected {sorted({0, *allowed})})")
     _check_resize(path, values.shape, shape, allow_resize)

@@ -16,19 +16,25 @@ LOSSY_BACKGROUND_THRESHOLD = 8
 _EIGHT_CONNECTED = np.ones((3, 3), dtype=bool)
 
 
-def background_mask(image: np.ndarray, threshold: int) -> np.ndarray:
-    """Pixels at or below `threshold` that are connected to the image border through such pixels."""
+def background_mask(image: np.ndarray, threshold: int, near: np.ndarray | None = None) -> np.ndarray:
+    """Pixels at or below `threshold` that are connected to the image border through such pixels.
+
+    With `near` (the annotation's foreground), the usual case of an annotation that touches no
+    dark pixel at all returns at once: there is nothing to clean, so no labelling is needed.
+    """
     grey = image.max(axis=2) if image.ndim == 3 else image
     dark = grey <= threshold
+    if near is not None and not (dark & near).any():
+        return np.zeros_like(dark)
     if not dark.any():
         return dark
-    border = np.zeros_like(dark)
-    border[0, :] = border[-1, :] = border[:, 0] = border[:, -1] = True
-    seeds = dark & border
-    if not seeds.any():
-        return np.zeros_like(dark)
-    # Flood fill from the dark border pixels; binary_propagation keeps it in C.
-    return ndimage.binary_propagation(seeds, structure=_EIGHT_CONNECTED, mask=dark)
+    # One labelling pass, then keep the dark regions that reach the border: much faster than
+    # flood filling by repeated dilation.
+    labels, count = ndimage.label(dark, structure=_EIGHT_CONNECTED)
+    on_border = np.zeros(count + 1, dtype=bool)
+    on_border[labels[0]] = on_border[labels[-1]] = on_border[labels[:, 0]] = on_border[labels[:, -1]] = True
+    on_border[0] = False
+    return on_border[labels]
 
 
 def background_threshold(configured: int | None, lossy: bool) -> int:

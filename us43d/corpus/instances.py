@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import numpy as np
 from pycocotools import mask as mask_utils
 
-from us43d.converters.readers import connected_components
+from us43d.converters.readers import connected_components, present_values
 
 
 @dataclass(frozen=True)
@@ -55,7 +55,7 @@ def extract_instances(
             cleaned += int(np.count_nonzero(on_background))
             if cleaned:
                 label_map = np.where(on_background, 0, label_map)
-        for value in sorted(int(v) for v in np.unique(label_map) if v != 0):
+        for value in present_values(label_map[label_map != 0]).tolist():
             candidates.extend((label_names[value], part) for part in connected_components(label_map == value))
     else:
         for category, mask in given or []:
