@@ -49,7 +49,8 @@ def test_efficient_attention_matches_segment_anything_forward_and_backward() -> 
     out_eff.square().sum().backward()
     for (name, a), (_, b) in zip(reference.named_parameters(), efficient.named_parameters()):
         if a.grad is not None:
-            torch.testing.assert_close(b.grad, a.grad, rtol=1e-4, atol=1e-5, msg=name)
+            # float32 with another summation order: compare against the gradient's own scale
+            assert (b.grad - a.grad).abs().max() <= 1e-5 * a.grad.abs().max() + 1e-7, name
     use_efficient_attention(efficient, enabled=False)  # and back
     torch.testing.assert_close(efficient.image_encoder(images), out_ref)
 
@@ -141,3 +142,12 @@ def test_bad_checkpoints_are_refused_clearly(tmp_path: Path) -> None:
         load_into(other, small)
     with pytest.raises(CheckpointError, match="missing keys"):
         load_into(other, {k: v for k, v in small.items() if "iou" not in k})
+
+
+def test_decomposed_bias_attention_gradients_are_exact() -> None:
+    from us43d.training.attention import DecomposedBiasAttention
+
+    torch.manual_seed(0)
+    shapes = [(2, 36, 8), (2, 36, 8), (2, 36, 8), (2, 36, 6), (2, 36, 6)]
+    inputs = [torch.randn(*s, dtype=torch.float64, requires_grad=True) for s in shapes]
+    assert torch.autograd.gradcheck(lambda *a: DecomposedBiasAttention.apply(*a, 0.3, 16), inputs)
