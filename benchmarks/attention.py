@@ -60,12 +60,16 @@ def main() -> None:
     results = {}
     for variant in ("reference", "sdpa"):
         command = [sys.executable, __file__, "--variant", variant, "--model", args.model, "--repeats", str(args.repeats)]
-        results[variant] = json.loads(subprocess.run(command, capture_output=True, text=True, check=True).stdout.strip().splitlines()[-1])
+        results[variant] = json.loads(
+            subprocess.run(command, capture_output=True, text=True, check=True).stdout.strip().splitlines()[-1]
+        )
     ref, new = results["reference"], results["sdpa"]
     print(f"global attention block of {args.model} at 64 x 64 tokens, forward + backward, {new['device']}")
     print(f"  segment_anything attention {ref['seconds']:6.2f} s   peak {ref['peak_gib']:.2f} GiB")
     print(f"  SDPA attention             {new['seconds']:6.2f} s   peak {new['peak_gib']:.2f} GiB")
-    print(f"  x{ref['seconds'] / new['seconds']:.2f} faster, x{ref['peak_gib'] / new['peak_gib']:.2f} less memory (goal on CPU: x1.5 and x2)")
+    print(
+        f"  x{ref['seconds'] / new['seconds']:.2f} faster, x{ref['peak_gib'] / new['peak_gib']:.2f} less memory (goal on CPU: x1.5 and x2)"
+    )
 
 
 if __name__ == "__main__":

@@ -150,3 +150,31 @@ def jpeg_truth(path: Path) -> np.ndarray:
     """What a lossy mask file holds once decoded and thresholded at half range."""
     with Image.open(path) as image:
         return np.asarray(image.convert("L")) > 127
+
+
+def private_entry(dataset_id: str = "MyPrivate", **changes: object) -> dict:
+    """A minimal valid registry entry of one's own, as a dict; `changes` override fields."""
+    entry = {
+        "id": dataset_id,
+        "name": "A private set",
+        "description": "For tests.",
+        "organ": "breast",
+        "application": "breast lesion",
+        "modality": "image",
+        "categories": ["lesion"],
+        "licence": "unknown",
+        "access": "manual",
+        "converter": "stu_hospital",
+        "test_split": {"kind": "none"},
+    }
+    entry.update(changes)
+    return entry
+
+
+def write_entries(folder: Path, *entries: dict) -> Path:
+    import yaml
+
+    folder.mkdir(parents=True, exist_ok=True)
+    for entry in entries:
+        (folder / f"{entry['id']}.yaml").write_text(yaml.safe_dump(entry))
+    return folder

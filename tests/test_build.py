@@ -13,7 +13,9 @@ from helpers import (
     ellipse,
     load_json,
     make_stu_hospital,
+    private_entry,
     speckle_image,
+    write_entries,
     write_png,
 )
 from us43d.corpus.build import StrictStop
@@ -123,24 +125,7 @@ def test_missing_raw_unknown_id_and_missing_dataset(tmp_path: Path) -> None:
 
 
 def test_dataset_without_converter_yet_is_reported(tmp_path: Path) -> None:
-    import yaml
-
-    registry = tmp_path / "registry"
-    registry.mkdir()
-    entry = {
-        "id": "Pending",
-        "name": "n",
-        "description": "d",
-        "organ": "breast",
-        "application": "a",
-        "modality": "image",
-        "categories": ["lesion"],
-        "licence": "unknown",
-        "access": "manual",
-        "converter": "not_written_yet",
-        "test_split": {"kind": "none"},
-    }
-    (registry / "Pending.yaml").write_text(yaml.safe_dump(entry))
+    registry = write_entries(tmp_path / "registry", private_entry("Pending", converter="not_written_yet"))
     (tmp_path / "raw" / "Pending").mkdir(parents=True)
     make_stu_hospital(tmp_path / "raw" / "STU-Hospital", n=2, wrapper=None)
     result = build(tmp_path / "raw", tmp_path / "out", registry_dirs=[registry])
@@ -150,34 +135,18 @@ def test_dataset_without_converter_yet_is_reported(tmp_path: Path) -> None:
 
 
 def test_cleaning_is_counted_and_can_be_switched_off(tmp_path: Path, rng: np.random.Generator) -> None:
-    import yaml
-
     folder = tmp_path / "raw" / "Fanned" / "Hospital"
     image = speckle_image(rng, (64, 64))
     image[:, :16] = 0  # black frame on the left, connected to the border
     write_png(folder / "Test_Image_1.png", image)
     write_png(folder / "mask_1.png", (ellipse((64, 64), (32, 16), (10, 10)) * 255).astype(np.uint8))
     registry = tmp_path / "registry"
-    registry.mkdir()
-    entry = {
-        "id": "Fanned",
-        "name": "n",
-        "description": "d",
-        "organ": "breast",
-        "application": "a",
-        "modality": "image",
-        "categories": ["lesion"],
-        "licence": "unknown",
-        "access": "manual",
-        "converter": "stu_hospital",
-        "test_split": {"kind": "none"},
-        "min_area": 1,
-    }
-    (registry / "Fanned.yaml").write_text(yaml.safe_dump(entry))
+    entry = private_entry("Fanned", min_area=1)
+    write_entries(registry, entry)
     on = build(tmp_path / "raw", tmp_path / "on", ["Fanned"], registry_dirs=[registry])
     spill = int((ellipse((64, 64), (32, 16), (10, 10))[:, :16]).sum())
     assert on.reports["Fanned"].cleaned_pixels == spill
-    (registry / "Fanned.yaml").write_text(yaml.safe_dump({**entry, "cleaning": {"background_overlap": False}}))
+    write_entries(registry, {**entry, "cleaning": {"background_overlap": False}})
     off = build(tmp_path / "raw", tmp_path / "off", ["Fanned"], registry_dirs=[registry])
     assert off.reports["Fanned"].cleaned_pixels == 0
     assert off.reports["Fanned"].instances == on.reports["Fanned"].instances == 1

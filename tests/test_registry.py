@@ -5,6 +5,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from helpers import private_entry
 from us43d.errors import RegistryError
 from us43d.registry import Registry
 from us43d.registry.docs import render_datasets_md
@@ -18,22 +19,7 @@ REFERENCE_IDS = (
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def minimal_entry(dataset_id: str = "MyPrivate", **changes: object) -> dict:
-    entry = {
-        "id": dataset_id,
-        "name": "A private set",
-        "description": "For tests.",
-        "organ": "breast",
-        "application": "breast lesion",
-        "modality": "image",
-        "categories": ["lesion"],
-        "licence": "unknown",
-        "access": "manual",
-        "converter": "stu_hospital",
-        "test_split": {"kind": "none"},
-    }
-    entry.update(changes)
-    return entry
+minimal_entry = private_entry
 
 
 def write_entry(folder: Path, entry: dict, name: str | None = None) -> Path:

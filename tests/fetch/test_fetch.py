@@ -12,6 +12,7 @@ import yaml
 from fake_platforms import FakePlatform
 from typer.testing import CliRunner
 
+from helpers import private_entry, write_entries
 from us43d.cli import app
 from us43d.fetch.fetcher import dataset_status, fetch
 from us43d.fetch.http import RetryPolicy
@@ -30,28 +31,11 @@ def zip_bytes(entries: dict[str, bytes]) -> bytes:
 
 
 def entry(dataset_id: str, sources: list[dict], access: str = "open") -> dict:
-    return {
-        "id": dataset_id,
-        "name": dataset_id,
-        "description": "d",
-        "organ": "breast",
-        "application": "a",
-        "modality": "image",
-        "categories": ["lesion"],
-        "licence": "CC BY 4.0",
-        "access": access,
-        "converter": "bus_b",
-        "test_split": {"kind": "none"},
-        "sources": sources,
-    }
+    return private_entry(dataset_id, licence="CC BY 4.0", access=access, converter="bus_b", sources=sources)
 
 
 def registry_with(tmp_path: Path, *entries: dict) -> Registry:
-    folder = tmp_path / "registry"
-    folder.mkdir(exist_ok=True)
-    for e in entries:
-        (folder / f"{e['id']}.yaml").write_text(yaml.safe_dump(e))
-    return Registry.load([folder], include_builtin=False)
+    return Registry.load([write_entries(tmp_path / "registry", *entries)], include_builtin=False)
 
 
 ARCHIVE = zip_bytes({"BUS/original/000001.png": b"png", "BUS/GT/000001.png": b"mask"})

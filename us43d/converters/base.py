@@ -176,3 +176,16 @@ def files_by_stem(folder: Path, suffixes: tuple[str, ...], strip: str = "", requ
         raise ConversionError("folder is missing", source_file=str(folder))
     lowered = tuple(s.lower() for s in suffixes)
     return {p.stem.removesuffix(strip): p for p in sorted(folder.iterdir()) if p.is_file() and p.suffix.lower() in lowered}
+
+
+def label_map_sample(item: Item, image: Any, labels: np.ndarray, entry: DatasetEntry) -> Sample:
+    """A decoded image (`readers.DecodedImage`) with a label map whose values 1..n are the
+    registry's categories in order."""
+    return Sample(
+        key=item.key,
+        image=image.pixels,
+        source_file=item.source_file,
+        label_map=labels,
+        label_names=dict(enumerate(entry.categories, start=1)),
+        lossy=image.lossy,
+    )

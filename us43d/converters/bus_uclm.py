@@ -7,7 +7,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from pathlib import Path
 
-from us43d.converters.base import Item, Sample, files_by_stem, find_folder, pair_files
+from us43d.converters.base import Item, Sample, files_by_stem, find_folder, label_map_sample, pair_files
 from us43d.converters.readers import read_colour_mask, read_image
 from us43d.registry.schema import DatasetEntry
 
@@ -24,11 +24,4 @@ def list_items(raw: Path, entry: DatasetEntry) -> Iterator[Item]:
 def read_item(raw: Path, item: Item, entry: DatasetEntry) -> Iterator[Sample]:
     image = read_image(raw / item.files[0])
     labels = read_colour_mask(raw / item.files[1], image.pixels.shape[:2], COLOURS)
-    yield Sample(
-        item.key,
-        image.pixels,
-        item.source_file,
-        label_map=labels,
-        label_names=dict(enumerate(entry.categories, start=1)),
-        lossy=image.lossy,
-    )
+    yield label_map_sample(item, image, labels, entry)

@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from pathlib import Path
 
-from us43d.converters.base import Item, Sample, pair_files
+from us43d.converters.base import Item, Sample, label_map_sample, pair_files
 from us43d.converters.readers import read_image, read_label_map
 from us43d.registry.schema import DatasetEntry
 
@@ -23,6 +23,6 @@ def list_items(raw: Path, entry: DatasetEntry) -> Iterator[Item]:
 
 def read_item(raw: Path, item: Item, entry: DatasetEntry) -> Iterator[Sample]:
     image = read_image(raw / item.files[0])
-    names = dict(enumerate(entry.categories, start=1))
-    labels = read_label_map(raw / item.files[1], image.pixels.shape[:2], allowed=list(names))
-    yield Sample(item.key, image.pixels, item.source_file, label_map=labels, label_names=names, lossy=image.lossy)
+    allowed = list(range(1, len(entry.categories) + 1))
+    labels = read_label_map(raw / item.files[1], image.pixels.shape[:2], allowed=allowed)
+    yield label_map_sample(item, image, labels, entry)

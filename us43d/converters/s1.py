@@ -7,7 +7,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from pathlib import Path
 
-from us43d.converters.base import TEST, Item, Sample, find_folder, pair_files
+from us43d.converters.base import TEST, Item, Sample, find_folder, label_map_sample, pair_files
 from us43d.converters.readers import read_image, read_label_map
 from us43d.registry.schema import DatasetEntry
 
@@ -33,11 +33,4 @@ def read_item(raw: Path, item: Item, entry: DatasetEntry) -> Iterator[Sample]:
     image = read_image(raw / item.files[0])
     values = read_label_map(raw / item.files[1], image.pixels.shape[:2], allowed=list(VALUES))
     labels = sum((values == v) * label for v, label in VALUES.items())
-    yield Sample(
-        item.key,
-        image.pixels,
-        item.source_file,
-        label_map=labels,
-        label_names=dict(enumerate(entry.categories, start=1)),
-        lossy=image.lossy,
-    )
+    yield label_map_sample(item, image, labels, entry)
