@@ -2,7 +2,7 @@
 do not dominate).
 
     python benchmarks/scale.py                      # 28,000 and 280,000 images
-    python benchmarks/scale.py --images 280000 --instances 300000
+    python benchmarks/scale.py --images 4000 16000 --datasets 1 --instances-per-image 1
 
 Each size runs in its own process so its peak memory (RSS) is its own. Goal: 280,000 images
 and 300,000 instances in at most 60 s and 4 GB, and time linear in the size.
@@ -27,18 +27,16 @@ from us43d.corpus.records import AnnotationRecord, ImageRecord
 from us43d.corpus.split import assign_splits
 from us43d.corpus.writers import DatasetInfo, SplitRecord, check_unique_ids, write_coco, write_parquet
 
-DATASETS = 43
 
-
-def synthetic(images: int, instances: int) -> tuple[dict[str, DatasetInfo], dict[str, list[ImageRecord]]]:
+def synthetic(images: int, instances: int, datasets: int = 43) -> tuple[dict[str, DatasetInfo], dict[str, list[ImageRecord]]]:
     rng = np.random.default_rng(0)
     mask = np.zeros((32, 32), np.uint8, order="F")
     mask[8:20, 10:22] = 1
     counts = mask_utils.encode(mask)["counts"].decode()
     extra = instances - images
     infos, records = {}, {}
-    per_dataset = np.full(DATASETS, images // DATASETS)
-    per_dataset[: images % DATASETS] += 1
+    per_dataset = np.full(datasets, images // datasets)
+    per_dataset[: images % datasets] += 1
     for d, count in enumerate(per_dataset):
         dataset = f"DS{d:02d}"
         infos[dataset] = DatasetInfo(dataset, "organ", ("a", "b"))
@@ -65,8 +63,8 @@ def synthetic(images: int, instances: int) -> tuple[dict[str, DatasetInfo], dict
     return infos, records
 
 
-def run(images: int, instances: int) -> dict[str, float]:
-    infos, built = synthetic(images, instances)
+def run(images: int, instances: int, datasets: int) -> dict[str, float]:
+    infos, built = synthetic(images, instances, datasets)
     out = Path(tempfile.mkdtemp(prefix="us43d-scale-"))
     try:
         # the index: what the build keeps per dataset (its state file), read back as records
@@ -104,21 +102,31 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--images", type=int, nargs="*", default=[28_000, 280_000])
     parser.add_argument("--instances-per-image", type=float, default=300_000 / 280_000)
+    parser.add_argument("--datasets", type=int, default=43, help="how many datasets the images are spread over")
     parser.add_argument("--one", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.one:
-        print(json.dumps(run(args.one, int(args.one * args.instances_per_image))))
+        print(json.dumps(run(args.one, int(args.one * args.instances_per_image), args.datasets)))
         return
     results = []
     for images in args.images:
         output = subprocess.run(
-            [sys.executable, __file__, "--one", str(images), "--instances-per-image", str(args.instances_per_image)],
+            [
+                sys.executable,
+                __file__,
+                "--one",
+                str(images),
+                "--instances-per-image",
+                str(args.instances_per_image),
+                "--datasets",
+                str(args.datasets),
+            ],
             capture_output=True,
             text=True,
             check=True,
         )
         results.append(json.loads(output.stdout.strip().splitlines()[-1]))
-    print("index + split + write (COCO per dataset and merged, Parquet), 43 datasets")
+    print(f"index + split + write (COCO per dataset and merged, Parquet), {args.datasets} dataset(s)")
     for r in results:
         print(
             f"  {r['images']:>8,} images {r['instances']:>8,} instances: index {r['index_s']:5.1f} s, split {r['split_s']:5.1f} s, COCO {r['coco_s']:5.1f} s, "
