@@ -118,17 +118,18 @@ def resized_shape(height: int, width: int, size: int) -> tuple[int, int]:
     return int(height * scale + 0.5), int(width * scale + 0.5)
 
 
-# (x - mean) / std for every 8-bit value and channel: normalising becomes one table lookup
-_NORMALISED = ((np.arange(256, dtype=np.float32)[None, :] - PIXEL_MEAN[:, None]) / PIXEL_STD[:, None]).astype(np.float32)
+_MEAN = torch.from_numpy(PIXEL_MEAN).view(3, 1, 1)
+_STD = torch.from_numpy(PIXEL_STD).view(3, 1, 1)
 
 
 def prepare_image(rgb: np.ndarray, size: int) -> tuple[torch.Tensor, tuple[int, int]]:
     """Longest side to `size` (bilinear), SAM normalisation, zero padding bottom/right."""
     new_h, new_w = resized_shape(rgb.shape[0], rgb.shape[1], size)
-    resized = Image.fromarray(rgb).resize((new_w, new_h), Image.Resampling.BILINEAR)
+    resized = np.array(Image.fromarray(rgb).resize((new_w, new_h), Image.Resampling.BILINEAR))  # writable for torch
     tensor = torch.zeros(3, size, size)
-    for channel, plane in enumerate(resized.split()):  # contiguous planes: fast lookups
-        tensor[channel, :new_h, :new_w] = torch.from_numpy(_NORMALISED[channel][np.asarray(plane)])
+    view = tensor[:, :new_h, :new_w]
+    view.copy_(torch.from_numpy(resized).permute(2, 0, 1))  # uint8 to float in one strided copy
+    view.sub_(_MEAN).div_(_STD)
     return tensor, (new_h, new_w)
 
 
@@ -194,7 +195,10 @@ class TrainDataset(torch.utils.data.Dataset):
         is_box = rng.random(len(resized)) < 0.5
         points = np.zeros((len(resized), 2))
         for i, mask in enumerate(resized):
-            ys, xs = np.nonzero(mask)
+            rows, cols = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
+            top, left = rows[0], cols[0]  # look for pixels inside the mask's box only
+            ys, xs = np.nonzero(mask[top : rows[-1] + 1, left : cols[-1] + 1])
+            ys, xs = ys + top, xs + left
             pick = rng.integers(len(xs))
             u = rng.random()
             # one uniform draw inside the pixel, shared by x and y, as in the recipe; SAM's
