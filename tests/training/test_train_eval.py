@@ -235,3 +235,27 @@ def test_cli_train_eval_convert_predict(demo_corpus: Path, tmp_path: Path) -> No
 def test_eval_needs_the_test_set(demo_corpus: Path) -> None:
     with pytest.raises(CorpusError, match="absent"):
         evaluate(load_predictor(None, "tiny"), demo_corpus, ["GIST514-DB"])
+
+
+def test_crash_mid_run_then_resume_gives_the_uninterrupted_weights(
+    demo_corpus: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    train(demo_corpus, tmp_path / "full", tiny_config(iters=7, checkpoint_every=2))
+    original_step = torch.optim.AdamW.step
+    calls = {"n": 0}
+
+    def crashing_step(self, *args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 6:  # the process dies during step 6, after the checkpoint of step 4
+            raise KeyboardInterrupt
+        return original_step(self, *args, **kwargs)
+
+    monkeypatch.setattr(torch.optim.AdamW, "step", crashing_step)
+    with pytest.raises(KeyboardInterrupt):
+        train(demo_corpus, tmp_path / "crash", tiny_config(iters=7, checkpoint_every=2))
+    monkeypatch.setattr(torch.optim.AdamW, "step", original_step)
+    assert torch.load(tmp_path / "crash" / "checkpoint.pt", weights_only=True)["step"] == 4
+    train(demo_corpus, tmp_path / "crash", tiny_config(), resume=True)
+    full, resumed = weights(tmp_path / "full"), weights(tmp_path / "crash")
+    for key in full:
+        torch.testing.assert_close(resumed[key], full[key], rtol=0, atol=0, msg=key)
