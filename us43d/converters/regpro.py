@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from us43d.converters.base import Item, Sample, find_folder, pair_files
-from us43d.converters.readers import Volume, connected_components, read_volume, to_storable
+from us43d.converters.readers import connected_components, iter_slices, read_volume, to_storable
 from us43d.errors import ConversionError
 from us43d.registry.schema import DatasetEntry
 
@@ -30,11 +30,10 @@ def read_item(raw: Path, item: Item, entry: DatasetEntry) -> Iterator[Sample]:
     channels = labels.array if labels.array.ndim == 4 else labels.array[..., None]
     if channels.shape[:3] != image.array.shape:
         raise ConversionError(f"label {channels.shape} does not match image {image.array.shape}", item.files[1])
-    axis = Volume(image.array, image.axcodes).axis_of(entry.slicing_axis or "sagittal")
+    axis = image.axis_of(entry.slicing_axis or "sagittal")
     pixels = to_storable(image.array)
-    for index in range(pixels.shape[axis]):
-        planes = np.take(channels, index, axis=axis) > 0  # (a, b, channels)
-        if not planes.any():
+    for (index, planes), (_, frame) in zip(iter_slices(channels > 0, axis), iter_slices(pixels, axis)):
+        if not planes.any():  # planes: (a, b, channels)
             continue
         instances = [
             (entry.categories[0], part)
@@ -44,7 +43,7 @@ def read_item(raw: Path, item: Item, entry: DatasetEntry) -> Iterator[Sample]:
         ]
         yield Sample(
             f"{item.key}/{index:04d}",
-            np.ascontiguousarray(np.take(pixels, index, axis=axis).T),
+            np.ascontiguousarray(frame.T),
             item.source_file,
             instances=instances,
             group=item.group,

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from us43d.converters.base import Item, Sample
-from us43d.converters.readers import Volume, read_volume, to_storable
+from us43d.converters.readers import Volume, iter_slices, read_volume, to_storable
 from us43d.errors import ConversionError
 from us43d.registry.schema import DatasetEntry
 
@@ -41,11 +41,10 @@ def slice_samples(
     unexpected = sorted(set(np.unique(values).tolist()) - {0, *label_names})
     if unexpected:
         raise ConversionError(f"label volume holds unexpected values {unexpected[:10]}", item.files[1])
-    for index in range(pixels.shape[axis]):
-        label = np.take(values, index, axis=axis).T
+    for (index, label), (_, frame) in zip(iter_slices(values, axis), iter_slices(pixels, axis)):
+        label, frame = label.T, frame.T
         if not keep_empty and not label.any():
             continue
-        frame = np.take(pixels, index, axis=axis).T
         if rotate_180:
             frame, label = frame[::-1, ::-1], label[::-1, ::-1]
         yield Sample(

@@ -22,7 +22,7 @@ import shutil
 import sys
 import time
 from collections import Counter
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from concurrent.futures import Executor, ProcessPoolExecutor
 from dataclasses import asdict, dataclass, field
 from functools import partial
@@ -443,8 +443,3 @@ def _finish(
     }
     atomic_write_bytes(out / "build.json", (json.dumps(build, indent=2) + "\n").encode())
     return BuildResult(out, all_reports, errors, split_counts)
-
-
-def iter_errors(result: BuildResult) -> Iterable[str]:
-    for e in result.errors:
-        yield f"{e['dataset']}: {e['file']}: {e['reason']}"
