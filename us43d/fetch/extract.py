@@ -101,8 +101,6 @@ def _extract_zip(archive: Path, target: Path, limits: Limits) -> None:
                 with bundle.open(member) as source:
                     _copy_limited(source, path, member.file_size, f"{archive.name}: {member.filename}", budget)
     except (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError, OSError) as exc:
-        if isinstance(exc, ExtractionError):
-            raise
         raise ExtractionError(f"{archive.name}: corrupt or truncated zip ({exc})") from exc
 
 
@@ -143,8 +141,6 @@ def _extract_tar(archive: Path, target: Path, limits: Limits) -> None:
                         raise ExtractionError(f"{archive.name}: cannot read {member.name}")
                     _copy_limited(source, path, member.size, f"{archive.name}: {member.name}", budget)
     except (tarfile.TarError, EOFError, OSError, gzip.BadGzipFile) as exc:
-        if isinstance(exc, ExtractionError):
-            raise
         raise ExtractionError(f"{archive.name}: corrupt or truncated archive ({exc})") from exc
 
 
@@ -155,8 +151,6 @@ def _extract_gz(archive: Path, target: Path, limits: Limits) -> None:
             budget = [min(limits.max_total_bytes, int(limits.max_ratio * max(archive.stat().st_size, limits.min_ratio_bytes)))]
             _copy_limited(source, path, budget[0], archive.name, budget)
     except (OSError, EOFError) as exc:
-        if isinstance(exc, ExtractionError):
-            raise
         raise ExtractionError(f"{archive.name}: corrupt or truncated gzip ({exc})") from exc
 
 
