@@ -93,3 +93,29 @@ def test_7z_archives_need_and_use_7zip(tmp_path: Path) -> None:
     extract(tmp_path / "AC_mask.7z", tmp_path / "out")
     assert (tmp_path / "out" / "Dataset" / "AC" / "0001.png").read_bytes() == b"png"
     assert shutil.which(tool)
+
+
+def test_kaggle_split_zip_with_change2zip_volume(tmp_path: Path) -> None:
+    """CardiacUDC and EchoCP: a Kaggle zip holding X.change2zip + X.z01, X.z02 (Info-ZIP split)."""
+    import shutil
+    import subprocess
+
+    from us43d.fetch.extract import seven_zip
+
+    if shutil.which("zip") is None:
+        pytest.skip("Info-ZIP's zip is needed to make a split archive")
+    try:
+        seven_zip()
+    except ExtractionError:
+        pytest.skip("7-Zip is not installed here")
+    payload = bytes(range(256)) * 1200  # 300 KB: several volumes of 100 KB
+    (tmp_path / "src").mkdir()
+    (tmp_path / "src" / "clip_image.nii.gz").write_bytes(payload)
+    subprocess.run(["zip", "-q", "-0", "-s", "100k", "cardiac.zip", "clip_image.nii.gz"], cwd=tmp_path / "src", check=True)
+    (tmp_path / "src" / "cardiac.zip").rename(tmp_path / "src" / "cardiac.change2zip")
+    parts = sorted(p.name for p in (tmp_path / "src").iterdir() if p.name.startswith("cardiac"))
+    assert parts[0] == "cardiac.change2zip" and len(parts) >= 3 and all(p.startswith("cardiac.z0") for p in parts[1:])
+    make_zip(tmp_path / "download.zip", {name: (tmp_path / "src" / name).read_bytes() for name in parts})
+    extract(tmp_path / "download.zip", tmp_path / "out")
+    assert (tmp_path / "out" / "cardiac" / "clip_image.nii.gz").read_bytes() == payload
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["cardiac"]  # volumes cleaned up

@@ -205,8 +205,10 @@ def extract(archive: Path, target: Path, limits: Limits = Limits(), depth: int =
         folder = inner.with_name(inner.name.split(".")[0])
         if folder.exists():
             folder = inner.with_name(inner.name + ".d")
+        parts = sorted(inner.parent.glob(inner.stem + ".z[0-9][0-9]")) if _is_spanned(inner) else []
         extract(inner, folder, limits, depth + 1)
-        inner.unlink()
+        for done in (inner, *parts):
+            done.unlink()
 
 
 def _is_spanned(archive: Path) -> bool:
