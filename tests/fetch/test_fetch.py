@@ -228,3 +228,24 @@ def test_import_keeps_what_the_automatic_sources_brought(tmp_path: Path, monkeyp
     fetch(list(reg), tmp_path / "dl", tmp_path / "raw", imported=[tmp_path / "images.zip"])
     assert (tmp_path / "raw" / "Kid" / "kidneyUS_images" / "1_IM_anon.png").is_file()
     assert (tmp_path / "raw" / "Kid" / "labels" / "reviewed_masks_1" / "capsule" / "1_IM_anon.png").is_file()
+
+
+def test_content_check_for_archives_without_a_stable_checksum(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    good = zip_bytes({"CAMUS_public/database_nifti/patient0001/patient0001_2CH_half_sequence.nii.gz": b"x"})
+    bad = zip_bytes({"CAMUS_public/readme.txt": b"maintenance page"})
+    pattern = "database_nifti/patient*/patient*_2CH_half_sequence.nii.gz"
+    for name, payload, fetched in (("Bad", bad, False), ("Good", good, True)):
+        with FakePlatform(files={f"/api/v1/folder/{name}/download": payload}) as server:
+            monkeypatch.setenv("US43D_GIRDER_URL", server.url)
+            source = {
+                "kind": "girder",
+                "location": f"https://example.org/api/v1/folder/{name}/download",
+                "files": [{"name": f"{name}.zip"}],
+                "contents": [pattern],
+            }
+            reg = registry_with(tmp_path / name, entry(name, [source]))
+            (outcome,) = fetch(list(reg), tmp_path / "dl", tmp_path / "raw", policy=FAST)
+        assert (outcome.state == "fetched") is fetched, outcome.messages
+        assert (tmp_path / "raw" / name).exists() is fetched
+        if not fetched:
+            assert "nothing matching" in outcome.messages[0]

@@ -15,7 +15,7 @@ from pathlib import Path
 import requests
 
 from us43d.errors import Us43dError
-from us43d.fetch.extract import Limits, extract, is_archive
+from us43d.fetch.extract import ExtractionError, Limits, extract, is_archive
 from us43d.fetch.http import DownloadError, RemoteFile, RetryPolicy, download, session, verify
 from us43d.fetch.sources import CredentialsMissing, ManualStep, resolve
 from us43d.registry.schema import DatasetEntry, Source
@@ -73,6 +73,11 @@ def install(entry: DatasetEntry, files: Sequence[Path], raw: Path, limits: Limit
         parts = [p for p in files if _split_part(p)]
         for part in parts:  # the volumes of a spanned zip travel with its .zip
             shutil.copy2(part, staging / part.name)
+        for pattern in (p for source in entry.sources for p in source.contents):
+            if next(staging.rglob(pattern), None) is None:
+                raise ExtractionError(
+                    f"{entry.id}: the download holds nothing matching '{pattern}' (incomplete or changed release)"
+                )
         manifest = {"dataset": entry.id, "files": [{"name": p.name, "size": p.stat().st_size} for p in files]}
         (staging / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
         final = raw / entry.id

@@ -62,6 +62,9 @@ class Source(_Strict):
     location: str
     ref: str | None = None
     files: tuple[SourceFile, ...] = ()
+    # Glob patterns the extracted download must match, for sources without a stable checksum
+    # (archives assembled on the fly): checked before the dataset is installed.
+    contents: tuple[str, ...] = ()
     instructions: str | None = None
     note: str | None = None
 
