@@ -110,6 +110,14 @@ def relative(raw: Path, path: Path) -> str:
     return path.relative_to(raw).as_posix()
 
 
+def reported_path(raw: Path, source: str | Path) -> str:
+    """A file named in an error, relative to the raw folder when it lies inside it."""
+    try:
+        return Path(source).resolve().relative_to(raw.resolve()).as_posix() or "."
+    except ValueError:
+        return str(source)
+
+
 def pair_files(
     raw: Path, images: Mapping[str, Path], masks: Mapping[str, Path]
 ) -> Iterator[tuple[str, tuple[str, ...], str | None]]:
@@ -130,14 +138,7 @@ def pair_files(
 def one_class_sample(item: Item, image: Any, mask: np.ndarray, category: str) -> Sample:
     """The common case: one decoded image (`readers.DecodedImage`) and one mask of one category,
     whose connected components become the instances."""
-    return Sample(
-        key=item.key,
-        image=image.pixels,
-        source_file=item.source_file,
-        label_map=mask.astype(np.uint8),
-        label_names={1: category},
-        lossy=image.lossy,
-    )
+    return _decoded_sample(item, image, mask.astype(np.uint8), {1: category})
 
 
 def find_folder(raw: Path, marker: str, max_depth: int = 5) -> Path:
@@ -167,25 +168,22 @@ def find_folder(raw: Path, marker: str, max_depth: int = 5) -> Path:
     return found[0]
 
 
-def files_by_stem(folder: Path, suffixes: tuple[str, ...], strip: str = "", required: bool = True) -> dict[str, Path]:
-    """Files of `folder` with one of `suffixes` (case-insensitive), keyed by stem minus `strip`.
+def files_by_stem(folder: Path, suffixes: tuple[str, ...], required: bool = True) -> dict[str, Path]:
+    """Files of `folder` with one of `suffixes` (case-insensitive), keyed by stem.
     A missing folder is an error, or nothing at all when it is optional (`required=False`)."""
     if not folder.is_dir():
         if not required:
             return {}
         raise ConversionError("folder is missing", source_file=str(folder))
     lowered = tuple(s.lower() for s in suffixes)
-    return {p.stem.removesuffix(strip): p for p in sorted(folder.iterdir()) if p.is_file() and p.suffix.lower() in lowered}
+    return {p.stem: p for p in sorted(folder.iterdir()) if p.is_file() and p.suffix.lower() in lowered}
 
 
 def label_map_sample(item: Item, image: Any, labels: np.ndarray, entry: DatasetEntry) -> Sample:
     """A decoded image (`readers.DecodedImage`) with a label map whose values 1..n are the
     registry's categories in order."""
-    return Sample(
-        key=item.key,
-        image=image.pixels,
-        source_file=item.source_file,
-        label_map=labels,
-        label_names=dict(enumerate(entry.categories, start=1)),
-        lossy=image.lossy,
-    )
+    return _decoded_sample(item, image, labels, dict(enumerate(entry.categories, start=1)))
+
+
+def _decoded_sample(item: Item, image: Any, labels: np.ndarray, names: Mapping[int, str]) -> Sample:
+    return Sample(item.key, image.pixels, item.source_file, label_map=labels, label_names=names, lossy=image.lossy)

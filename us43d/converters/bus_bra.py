@@ -10,8 +10,6 @@ from __future__ import annotations
 from collections.abc import Iterator
 from pathlib import Path
 
-import pandas as pd
-
 from us43d.converters.base import (
     TEST,
     Item,
@@ -20,24 +18,10 @@ from us43d.converters.base import (
     one_class_sample,
     pair_files,
 )
-from us43d.converters.readers import read_binary_mask, read_image
-from us43d.errors import ConversionError
+from us43d.converters.readers import read_binary_mask, read_csv, read_image
 from us43d.registry.schema import DatasetEntry
 
 TEST_FOLD = 1
-
-
-def _read_csv(path: Path, columns: tuple[str, ...]) -> pd.DataFrame:
-    if not path.is_file():
-        raise ConversionError("file is missing", str(path))
-    try:
-        table = pd.read_csv(path, dtype=str).rename(columns=str.strip)
-    except (OSError, ValueError, pd.errors.ParserError) as exc:
-        raise ConversionError(f"cannot read CSV ({exc})", str(path)) from exc
-    missing = [c for c in columns if c not in table.columns]
-    if missing:
-        raise ConversionError(f"CSV lacks columns {missing}", str(path))
-    return table
 
 
 def _case_of(image_id: str) -> str:
@@ -47,10 +31,10 @@ def _case_of(image_id: str) -> str:
 
 def list_items(raw: Path, entry: DatasetEntry) -> Iterator[Item]:
     root = locate_root(raw, "Images")
-    folds = _read_csv(root / "5-fold-cv.csv", ("ID", "Pathology", "kFold")).set_index("ID")
+    folds = read_csv(root / "5-fold-cv.csv", ("ID", "Pathology", "kFold"), as_text=True).set_index("ID")
     cases: dict[str, str] = {}
     if (root / "bus_data.csv").is_file():
-        data = _read_csv(root / "bus_data.csv", ("ID", "Case"))
+        data = read_csv(root / "bus_data.csv", ("ID", "Case"), as_text=True)
         cases = dict(zip(data["ID"].str.strip(), data["Case"].str.strip()))
     images = {p.stem: p for p in (root / "Images").glob("*.png")}
     masks = {"bus_" + p.stem.removeprefix("mask_"): p for p in (root / "Masks").glob("mask_*.png")}

@@ -9,30 +9,19 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 
 from us43d.converters.base import TEST, Item, Sample, find_folder, relative
-from us43d.converters.readers import polygons_to_mask, read_video_frames
+from us43d.converters.readers import polygons_to_mask, read_csv, read_video_frames
 from us43d.errors import ConversionError
 from us43d.registry.schema import DatasetEntry
 
 
-def _csv(path: Path, columns: tuple[str, ...]) -> pd.DataFrame:
-    if not path.is_file():
-        raise ConversionError("file is missing", str(path))
-    table = pd.read_csv(path)
-    missing = [c for c in columns if c not in table.columns]
-    if missing:
-        raise ConversionError(f"CSV lacks columns {missing}", str(path))
-    return table
-
-
 def list_items(raw: Path, entry: DatasetEntry) -> Iterator[Item]:
     root = find_folder(raw, "Videos").parent
-    tracings = _csv(root / "VolumeTracings.csv", ("FileName", "X1", "Y1", "X2", "Y2", "Frame"))
+    tracings = read_csv(root / "VolumeTracings.csv", ("FileName", "X1", "Y1", "X2", "Y2", "Frame"))
     splits: dict[str, str] = {}
     if (root / "FileList.csv").is_file():
-        files = _csv(root / "FileList.csv", ("FileName", "Split"))
+        files = read_csv(root / "FileList.csv", ("FileName", "Split"))
         splits = {Path(str(n)).stem: str(s).upper() for n, s in zip(files["FileName"], files["Split"])}
     for name, rows in tracings.groupby("FileName", sort=True):
         video = root / "Videos" / str(name)

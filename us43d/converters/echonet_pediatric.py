@@ -11,7 +11,8 @@ from pathlib import Path
 import numpy as np
 
 from us43d.converters.base import Item, Sample, find_folder, relative
-from us43d.converters.echonet_dynamic import _csv, traced_samples
+from us43d.converters.echonet_dynamic import traced_samples
+from us43d.converters.readers import read_csv
 from us43d.registry.schema import DatasetEntry
 
 VIEWS = ("A4C", "PSAX")
@@ -20,7 +21,7 @@ VIEWS = ("A4C", "PSAX")
 def list_items(raw: Path, entry: DatasetEntry) -> Iterator[Item]:
     for view in VIEWS:
         root = find_folder(raw, view)
-        tracings = _csv(root / "VolumeTracings.csv", ("FileName", "X", "Y", "Frame"))
+        tracings = read_csv(root / "VolumeTracings.csv", ("FileName", "X", "Y", "Frame"))
         numeric = tracings[tracings["Frame"].astype(str).str.strip().str.isdigit()]
         for name, rows in numeric.groupby("FileName", sort=True):
             video = root / "Videos" / str(name)

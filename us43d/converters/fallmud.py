@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from us43d.converters.base import Item, Sample, find_folder, relative
+from us43d.converters.base import Item, Sample, files_by_stem, find_folder, relative
 from us43d.converters.readers import binary_mask, connected_components, read_image, read_mask_values
 from us43d.registry.schema import DatasetEntry
 
@@ -19,17 +19,13 @@ SUFFIXES = (".tif", ".tiff", ".png", ".jpg", ".jpeg", ".bmp")
 MASKS = {"aponeurosis_masks": "aponeurosis", "fascicle_masks": "fascicle"}
 
 
-def _stems(folder: Path) -> dict[str, Path]:
-    return {p.stem: p for p in sorted(folder.iterdir()) if p.suffix.lower() in SUFFIXES} if folder.is_dir() else {}
-
-
 def list_items(raw: Path, entry: DatasetEntry) -> Iterator[Item]:
     root = find_folder(raw, "FALLMUD")
     for part in PARTS:
         if not (root / part).is_dir():
             continue
-        images = _stems(root / part / "images")
-        masks = {folder: _stems(root / part / folder) for folder in MASKS}
+        images = files_by_stem(root / part / "images", SUFFIXES, required=False)
+        masks = {folder: files_by_stem(root / part / folder, SUFFIXES, required=False) for folder in MASKS}
         for stem in sorted(images.keys() | set().union(*masks.values())):
             key = f"{part}/{stem}"
             missing = [f for f in MASKS if stem not in masks[f]]

@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from PIL import Image
@@ -95,6 +96,22 @@ def present_values(values: np.ndarray) -> np.ndarray:
     if values.dtype == np.uint8 or values.dtype == bool:
         return np.flatnonzero(np.bincount(values.ravel().view(np.uint8), minlength=2)).astype(values.dtype)
     return np.unique(values)
+
+
+def read_csv(path: Path, columns: Sequence[str], as_text: bool = False) -> Any:
+    """A CSV table (pandas) that must hold `columns`; `as_text` keeps every cell a string."""
+    import pandas as pd
+
+    if not path.is_file():
+        raise _fail(path, "file is missing")
+    try:
+        table = pd.read_csv(path, dtype=str if as_text else None).rename(columns=str.strip)
+    except (OSError, ValueError, pd.errors.ParserError) as exc:
+        raise _fail(path, f"cannot read CSV ({exc})") from exc
+    missing = [c for c in columns if c not in table.columns]
+    if missing:
+        raise _fail(path, f"CSV lacks columns {missing}")
+    return table
 
 
 def _full_value(values: np.ndarray) -> int:

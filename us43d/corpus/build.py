@@ -40,7 +40,7 @@ from rich.progress import (
 )
 
 import us43d
-from us43d.converters.base import Item, load_converter
+from us43d.converters.base import Item, load_converter, reported_path
 from us43d.corpus import process
 from us43d.corpus.records import ImageRecord, ItemError, ItemResult
 from us43d.corpus.split import assign_splits
@@ -201,12 +201,7 @@ def _list_items(entry: DatasetEntry, raw_dir: Path) -> tuple[list[Item], list[It
     try:
         listed = list(converter.list_items(raw_dir, entry))
     except ConversionError as exc:
-        source = exc.source_file or str(raw_dir)
-        try:
-            source = Path(source).resolve().relative_to(raw_dir.resolve()).as_posix() or "."
-        except ValueError:
-            pass
-        return [], [ItemError(entry.id, source, exc.reason)]
+        return [], [ItemError(entry.id, reported_path(raw_dir, exc.source_file or raw_dir), exc.reason)]
     for item in listed:
         if item.key in seen:
             errors.append(ItemError(entry.id, item.source_file, f"duplicate sample key '{item.key}'"))

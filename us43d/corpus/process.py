@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from us43d.converters.base import Converter, Item, Sample, load_converter
+from us43d.converters.base import Converter, Item, Sample, load_converter, reported_path
 from us43d.converters.readers import present_values
 from us43d.corpus.cleaning import background_mask, background_threshold
 from us43d.corpus.instances import extract_instances
@@ -107,14 +107,6 @@ def _record(task: Task, item: Item, sample: Sample, result: ItemResult, written:
     )
 
 
-def _relative_file(task: Task, item: Item, exc: BaseException) -> str:
-    source = getattr(exc, "source_file", None) or item.source_file
-    try:
-        return Path(source).resolve().relative_to(task.raw.resolve()).as_posix()
-    except ValueError:
-        return str(source)
-
-
 def process_item(task: Task, item: Item) -> ItemResult:
     """Convert one item. A failure anywhere discards the whole item (all its frames) and is
     reported with the file that caused it; it never leaves a partial item behind."""
@@ -130,5 +122,9 @@ def process_item(task: Task, item: Item) -> ItemResult:
         for path in written:
             path.unlink(missing_ok=True)
         reason = exc.reason if isinstance(exc, ConversionError) else f"{type(exc).__name__}: {exc}"
-        return ItemResult(errors=[ItemError(task.entry.id, _relative_file(task, item, exc), reason)])
+        return ItemResult(
+            errors=[
+                ItemError(task.entry.id, reported_path(task.raw, getattr(exc, "source_file", None) or item.source_file), reason)
+            ]
+        )
     return result

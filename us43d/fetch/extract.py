@@ -68,15 +68,19 @@ def _copy_limited(source, destination: Path, declared: int, name: str, budget: l
             out.write(block)
 
 
+def _check_totals(archive: Path, members: int, total: int, max_bytes: float, limits: Limits) -> None:
+    """Refuse, before writing anything, an archive with too many entries or too many bytes."""
+    if members > limits.max_members:
+        raise ExtractionError(f"{archive.name}: {members} entries exceed the limit")
+    if total > max_bytes:
+        raise ExtractionError(f"{archive.name}: {total} bytes uncompressed exceed the limit (archive bomb?)")
+
+
 def _extract_zip(archive: Path, target: Path, limits: Limits) -> None:
     try:
         with zipfile.ZipFile(archive) as bundle:
             members = bundle.infolist()
-            if len(members) > limits.max_members:
-                raise ExtractionError(f"{archive.name}: {len(members)} entries exceed the limit")
-            total = sum(m.file_size for m in members)
-            if total > limits.max_total_bytes:
-                raise ExtractionError(f"{archive.name}: {total} bytes uncompressed exceed the limit (archive bomb?)")
+            _check_totals(archive, len(members), sum(m.file_size for m in members), limits.max_total_bytes, limits)
             for member in members:
                 _safe_name(member.filename, archive)
                 if member.file_size > limits.min_ratio_bytes and member.file_size > limits.max_ratio * max(
@@ -108,11 +112,10 @@ def _extract_tar(archive: Path, target: Path, limits: Limits) -> None:
     try:
         with tarfile.open(archive) as bundle:
             members = bundle.getmembers()
-            if len(members) > limits.max_members:
-                raise ExtractionError(f"{archive.name}: {len(members)} entries exceed the limit")
+            # a tar declares no compressed sizes: the whole archive's ratio bounds it instead
+            ratio_bound = limits.max_ratio * max(archive.stat().st_size, limits.min_ratio_bytes)
             total = sum(m.size for m in members if m.isfile())
-            if total > limits.max_total_bytes or total > limits.max_ratio * max(archive.stat().st_size, limits.min_ratio_bytes):
-                raise ExtractionError(f"{archive.name}: {total} bytes uncompressed exceed the limits (archive bomb?)")
+            _check_totals(archive, len(members), total, min(limits.max_total_bytes, ratio_bound), limits)
             for member in members:
                 path = target / _safe_name(member.name, archive)
                 if member.issym() or member.islnk():
@@ -166,14 +169,14 @@ def _extract_7z(archive: Path, target: Path, limits: Limits) -> None:
     listing = subprocess.run([tool, "l", "-slt", "-ba", str(archive)], capture_output=True, text=True)
     if listing.returncode != 0:
         raise ExtractionError(f"{archive.name}: 7-Zip cannot read it ({listing.stderr.strip()[:200]})")
-    total = 0
+    total = count = 0
     for line in listing.stdout.splitlines():
         if line.startswith("Path = "):
             _safe_name(line[len("Path = ") :], archive)
+            count += 1
         elif line.startswith("Size = ") and line[7:].strip().isdigit():
             total += int(line[7:])
-    if total > limits.max_total_bytes:
-        raise ExtractionError(f"{archive.name}: {total} bytes uncompressed exceed the limit (archive bomb?)")
+    _check_totals(archive, count, total, limits.max_total_bytes, limits)
     result = subprocess.run([tool, "x", "-y", "-snl-", f"-o{target}", str(archive)], capture_output=True, text=True)
     if result.returncode != 0:
         raise ExtractionError(f"{archive.name}: 7-Zip failed ({result.stderr.strip()[:200]})")

@@ -154,14 +154,19 @@ def mmdet_to_sam(state: Mapping[str, torch.Tensor]) -> StateDict:
     return out
 
 
-def read_state_dict(path: Path) -> StateDict:
-    """A segment_anything state dict from any supported checkpoint file."""
+def load_untrusted(path: Path, missing: str) -> Any:
+    """torch.load limited to tensors and plain containers; `missing` is the message for an absent file."""
     if not Path(path).is_file():
-        raise CheckpointError(f"checkpoint {path} does not exist")
+        raise CheckpointError(missing)
     try:
-        raw = torch.load(path, map_location="cpu", weights_only=True)
+        return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises several types for foreign or corrupt files
         raise CheckpointError(f"cannot read checkpoint {path}: {exc}") from exc
+
+
+def read_state_dict(path: Path) -> StateDict:
+    """A segment_anything state dict from any supported checkpoint file."""
+    raw = load_untrusted(path, f"checkpoint {path} does not exist")
     if not isinstance(raw, dict):
         raise CheckpointError(f"checkpoint {path} is not a state dict")
     for container in ("state_dict", "model"):  # mmengine, MedSAM / our training state

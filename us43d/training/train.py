@@ -19,7 +19,7 @@ import yaml
 
 from us43d.errors import Us43dError
 from us43d.training import engine
-from us43d.training.checkpoints import CheckpointError, atomic_save, load_into, read_state_dict
+from us43d.training.checkpoints import atomic_save, load_into, load_untrusted, read_state_dict
 from us43d.training.data import InfiniteBatchSampler, TrainDataset, collate, load_selection
 from us43d.training.losses import LossParts, mask_losses
 from us43d.training.sam import build_model, model_config
@@ -162,13 +162,7 @@ def _save(run: Path, sam: torch.nn.Module, optimizer: torch.optim.Optimizer, ste
 
 
 def read_run_state(run: Path) -> dict[str, Any]:
-    path = run / "checkpoint.pt"
-    if not path.is_file():
-        raise CheckpointError(f"{run} has no checkpoint.pt to resume from")
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise CheckpointError(f"cannot read {path}: {exc}") from exc
+    return load_untrusted(run / "checkpoint.pt", f"{run} has no checkpoint.pt to resume from")
 
 
 def train(corpus: Path, run: Path, config: TrainConfig, resume: bool = False, console: Any = None) -> dict[str, Any]:
