@@ -58,3 +58,20 @@ def test_given_instances_are_kept_whole() -> None:
     a[1:3, 1:3] = a[6:8, 6:8] = True  # two parts of one polygon annotation stay one instance
     stats = extract_instances(None, {}, [("x", a)], None, min_area=1)
     assert len(stats.instances) == 1 and stats.instances[0].area == 8
+
+
+def test_unnamed_label_values_are_refused_even_if_cleaning_removes_them() -> None:
+    import pytest
+
+    from us43d.errors import ConversionError
+
+    labels = np.zeros((20, 20), np.uint8)
+    labels[5:10, 5:10] = 1
+    labels[0, 0] = 3  # lies on the background, and has no name
+    background = np.zeros((20, 20), bool)
+    background[0, :] = True
+    with pytest.raises(ConversionError, match="label value 3 has no category name"):
+        extract_instances(labels, {1: "a"}, None, background, min_area=1)
+    labels[0, 0] = 1  # a named value whose pixels all go: no instance from them, no error
+    stats = extract_instances(labels, {1: "a"}, None, background, min_area=1)
+    assert [i.area for i in stats.instances] == [25] and stats.cleaned_pixels == 1

@@ -9,6 +9,7 @@ import numpy as np
 from pycocotools import mask as mask_utils
 
 from us43d.converters.readers import connected_components, present_values
+from us43d.errors import ConversionError
 
 
 @dataclass(frozen=True)
@@ -50,12 +51,18 @@ def extract_instances(
     cleaned = 0
     candidates: list[tuple[str, np.ndarray]] = []
     if label_map is not None:
+        # the values present before cleaning: cleaning can only remove some, and a value with
+        # no pixels left simply has no components
+        values = present_values(label_map[label_map != 0]).tolist()
+        unnamed = [v for v in values if v not in label_names]
+        if unnamed:
+            raise ConversionError(f"label value {unnamed[0]} has no category name")
         if background is not None:
             on_background = background & (label_map != 0)
             cleaned += int(np.count_nonzero(on_background))
             if cleaned:
                 label_map = np.where(on_background, 0, label_map)
-        for value in present_values(label_map[label_map != 0]).tolist():
+        for value in values:
             candidates.extend((label_names[value], part) for part in connected_components(label_map == value))
     else:
         for category, mask in given or []:

@@ -12,7 +12,6 @@ import numpy as np
 from PIL import Image
 
 from us43d.converters.base import Converter, Item, Sample, load_converter, reported_path
-from us43d.converters.readers import present_values
 from us43d.corpus.cleaning import background_mask, background_threshold
 from us43d.corpus.instances import extract_instances
 from us43d.corpus.records import AnnotationRecord, ImageRecord, ItemError, ItemResult
@@ -61,17 +60,14 @@ def _record(task: Task, item: Item, sample: Sample, result: ItemResult, written:
     image = sample.image
     if image.ndim not in (2, 3) or (image.ndim == 3 and image.shape[2] != 3):
         raise ConversionError(f"image has shape {image.shape}, expected (H, W) or (H, W, 3)", sample.source_file)
-    if sample.label_map is not None:
-        foreground = sample.label_map != 0
-        for value in present_values(sample.label_map[foreground]).tolist():
-            if value not in sample.label_names:
-                raise ConversionError(f"label value {value} has no category name", sample.source_file)
-    else:
-        foreground = np.zeros(image.shape[:2], dtype=bool)
-        for _, mask in sample.instances or []:
-            foreground |= mask
     background = None
     if entry.cleaning.background_overlap:
+        if sample.label_map is not None:
+            foreground = sample.label_map != 0
+        else:
+            foreground = np.zeros(image.shape[:2], dtype=bool)
+            for _, mask in sample.instances or []:
+                foreground |= mask
         threshold = background_threshold(entry.cleaning.background_threshold, sample.lossy)
         background = background_mask(image, threshold, near=foreground)
         if not background.any():
