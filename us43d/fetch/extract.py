@@ -204,7 +204,7 @@ def extract(archive: Path, target: Path, limits: Limits = Limits(), depth: int =
     for renamed in sorted(target.rglob("*.change2zip*")):
         # CardiacUDC and EchoCP ship the last volume of a split zip renamed to .change2zip
         renamed.rename(renamed.with_name(renamed.name.split(".change2zip")[0] + ".zip"))
-    for inner in sorted(p for p in target.rglob("*") if p.is_file() and is_archive(p) and not _is_split_part(p)):
+    for inner in sorted(p for p in target.rglob("*") if p.is_file() and is_archive(p) and not is_split_part(p)):
         folder = inner.with_name(inner.name.split(".")[0])
         if folder.exists():
             folder = inner.with_name(inner.name + ".d")
@@ -219,5 +219,6 @@ def _is_spanned(archive: Path) -> bool:
     return archive.with_suffix(".z01").exists()
 
 
-def _is_split_part(path: Path) -> bool:
+def is_split_part(path: Path) -> bool:
+    """A volume of an Info-ZIP split archive (X.z01, X.z02, ...): it travels with X.zip."""
     return path.suffix.lower().startswith(".z") and path.suffix[2:].isdigit()

@@ -15,7 +15,7 @@ from pathlib import Path
 import requests
 
 from us43d.errors import Us43dError
-from us43d.fetch.extract import ExtractionError, Limits, extract, is_archive
+from us43d.fetch.extract import ExtractionError, Limits, extract, is_archive, is_split_part
 from us43d.fetch.http import DownloadError, RemoteFile, RetryPolicy, download, session, verify
 from us43d.fetch.sources import CredentialsMissing, ManualStep, resolve
 from us43d.registry.schema import DatasetEntry, Source
@@ -66,11 +66,11 @@ def install(entry: DatasetEntry, files: Sequence[Path], raw: Path, limits: Limit
     staging.mkdir(parents=True)
     try:
         for path in files:
-            if is_archive(path) and not _split_part(path):
+            if is_archive(path) and not is_split_part(path):
                 extract(path, staging, limits)
-            elif not _split_part(path):
+            elif not is_split_part(path):
                 shutil.copy2(path, staging / path.name)
-        parts = [p for p in files if _split_part(p)]
+        parts = [p for p in files if is_split_part(p)]
         for part in parts:  # the volumes of a spanned zip travel with its .zip
             shutil.copy2(part, staging / part.name)
         for pattern in (p for source in entry.sources for p in source.contents):
@@ -93,10 +93,6 @@ def install(entry: DatasetEntry, files: Sequence[Path], raw: Path, limits: Limit
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
-
-
-def _split_part(path: Path) -> bool:
-    return path.suffix.lower().startswith(".z") and path.suffix[2:].isdigit()
 
 
 def plan(entry: DatasetEntry, http: requests.Session) -> tuple[list[tuple[Source, RemoteFile]], list[str]]:
