@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from helpers import (
+    beyond_coverage,
     build,
     ellipse,
     load_json,
@@ -81,7 +82,7 @@ def test_bad_inputs_are_reported_and_the_rest_is_built(tmp_path: Path, rng: np.r
     (folder / "mask_6.png").unlink()  # missing pair
     result = build(tmp_path / "raw", tmp_path / "out")
     report = result.reports["STU-Hospital"]
-    reasons = {e["file"]: e["reason"] for e in result.errors}
+    reasons = {e["file"]: e["reason"] for e in result.item_errors}
     assert set(reasons) == {
         "Hospital/Test_Image_1.png",
         "Hospital/Test_Image_2.png",
@@ -120,7 +121,10 @@ def test_missing_raw_unknown_id_and_missing_dataset(tmp_path: Path) -> None:
         build(tmp_path / "raw", tmp_path / "out")
     make_stu_hospital(tmp_path / "raw" / "STU-Hospital", n=2, wrapper=None)
     result = build(tmp_path / "raw", tmp_path / "out", ["STU-Hospital", "BUS-BRA"])
-    assert [(e["dataset"], e["reason"][:25]) for e in result.errors] == [("BUS-BRA", "raw folder is missing (ru")]
+    assert [(e["dataset"], e["reason"][:25]) for e in beyond_coverage(result.problems)] == [
+        ("BUS-BRA", "raw folder is missing (ru")
+    ]
+    assert result.item_errors == []
     assert result.reports["STU-Hospital"].images == 2
 
 
@@ -129,27 +133,31 @@ def test_dataset_without_converter_yet_is_reported(tmp_path: Path) -> None:
     (tmp_path / "raw" / "Pending").mkdir(parents=True)
     make_stu_hospital(tmp_path / "raw" / "STU-Hospital", n=2, wrapper=None)
     result = build(tmp_path / "raw", tmp_path / "out", registry_dirs=[registry])
-    assert [e["dataset"] for e in result.errors] == ["Pending"]
-    assert "converter 'not_written_yet' not found" in result.errors[0]["reason"]
+    assert [e["dataset"] for e in beyond_coverage(result.problems)] == ["Pending"]
+    assert "converter 'not_written_yet' not found" in result.problems[0]["reason"]
     assert result.reports["STU-Hospital"].images == 2
 
 
-def test_cleaning_is_counted_and_can_be_switched_off(tmp_path: Path, rng: np.random.Generator) -> None:
+def test_cleaning_follows_the_modality_and_the_registry_can_switch_it(tmp_path: Path, rng: np.random.Generator) -> None:
     folder = tmp_path / "raw" / "Fanned" / "Hospital"
     image = speckle_image(rng, (64, 64))
-    image[:, :16] = 0  # black frame on the left, connected to the border
+    image[:, :16] = 0  # the scan starts at column 16: a black frame on the left
+    lesion = ellipse((64, 64), (32, 16), (10, 10))
     write_png(folder / "Test_Image_1.png", image)
-    write_png(folder / "mask_1.png", (ellipse((64, 64), (32, 16), (10, 10)) * 255).astype(np.uint8))
+    write_png(folder / "mask_1.png", (lesion * 255).astype(np.uint8))
     registry = tmp_path / "registry"
     entry = private_entry("Fanned", min_area=1)
-    write_entries(registry, entry)
-    on = build(tmp_path / "raw", tmp_path / "on", ["Fanned"], registry_dirs=[registry])
-    spill = int((ellipse((64, 64), (32, 16), (10, 10))[:, :16]).sum())
-    assert on.reports["Fanned"].cleaned_pixels == spill
-    write_entries(registry, {**entry, "cleaning": {"background_overlap": False}})
-    off = build(tmp_path / "raw", tmp_path / "off", ["Fanned"], registry_dirs=[registry])
-    assert off.reports["Fanned"].cleaned_pixels == 0
-    assert off.reports["Fanned"].instances == on.reports["Fanned"].instances == 1
+    spill = int(lesion[:, :16].sum())
+    runs = {
+        "image default": ({}, 0),
+        "image, switched on": ({"cleaning": {"background_overlap": True}}, spill),
+        "video default": ({"modality": "video", "slicing_axis": "frames"}, spill),
+        "video, switched off": ({"modality": "video", "slicing_axis": "frames", "cleaning": {"background_overlap": False}}, 0),
+    }
+    for name, (changes, cleaned) in runs.items():
+        write_entries(registry, {**entry, **changes})
+        report = build(tmp_path / "raw", tmp_path / name, ["Fanned"], registry_dirs=[registry]).reports["Fanned"]
+        assert (report.cleaned_pixels, report.cleaned_instances, report.instances) == (cleaned, int(cleaned > 0), 1), name
 
 
 def test_validate_catches_broken_promises(tmp_path: Path) -> None:

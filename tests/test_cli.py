@@ -14,7 +14,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def run(*args: str):
-    return runner.invoke(app, list(args), catch_exceptions=False)
+    return runner.invoke(app, list(args), catch_exceptions=False, env={"COLUMNS": "220"})
 
 
 def test_list_filters_and_info() -> None:
@@ -44,18 +44,34 @@ def test_docs_check(tmp_path: Path) -> None:
 
 
 def test_build_validate_stats(tmp_path: Path) -> None:
-    make_stu_hospital(tmp_path / "raw" / "STU-Hospital", n=6)
+    make_stu_hospital(tmp_path / "raw" / "STU-Hospital", n=21)  # half the release: enough not to be flagged
     raw, out = str(tmp_path / "raw"), str(tmp_path / "out")
     result = run("build", "stu-hospital", "--raw", raw, "--out", out, "--workers", "1")
     assert result.exit_code == 0, result.output
     assert run("validate", out).exit_code == 0
     stats = run("stats", out)
     assert stats.exit_code == 0
-    assert "STU-Hospital" in stats.output and "breast" in stats.output
-    assert json.loads((tmp_path / "out" / "build.json").read_text())["totals"]["images"] == 6
+    assert "STU-Hospital" in stats.output and "breast" in stats.output and "21 / 42" in stats.output
+    assert "problem" not in stats.output
+    assert json.loads((tmp_path / "out" / "build.json").read_text())["totals"]["images"] == 21
     missing = run("build", "--raw", str(tmp_path / "none"), "--out", out)
     assert missing.exit_code == 2 and "does not exist" in missing.output
     assert run("stats", str(tmp_path / "none")).exit_code == 2
+
+
+def test_a_dataset_that_yields_too_little_fails_the_build(tmp_path: Path) -> None:
+    make_stu_hospital(tmp_path / "raw" / "STU-Hospital", n=6)
+    raw, out = str(tmp_path / "raw"), str(tmp_path / "out")
+    result = run("build", "stu-hospital", "--raw", raw, "--out", out, "--workers", "1")
+    assert result.exit_code == 1
+    assert "found 6 images where the registry expects 42" in result.output
+    stats = run("stats", out)
+    assert stats.exit_code == 0 and "6 / 42" in stats.output and "registry expects 42" in stats.output
+    empty = tmp_path / "raw" / "STU-Hospital" / "STU-Hospital-master" / "Hospital"
+    for path in empty.iterdir():
+        path.unlink()
+    nothing = run("build", "stu-hospital", "--raw", raw, "--out", out, "--workers", "1")
+    assert nothing.exit_code == 1 and "no images found" in nothing.output
 
 
 def test_user_registry_option(tmp_path: Path) -> None:

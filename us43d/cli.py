@@ -131,7 +131,11 @@ def build(
     force: Annotated[bool, typer.Option(help="Rebuild datasets even when their inputs did not change.")] = False,
     registry: RegistryDirs = None,
 ) -> None:
-    """Convert raw datasets into one validated corpus (PNG + COCO + Parquet)."""
+    """Convert raw datasets into one validated corpus (PNG + COCO + Parquet).
+
+    Files that cannot be converted are reported and skipped. The exit code is 1 when a dataset
+    as a whole has a problem: its raw folder is missing, it yields no image, or far fewer images
+    than its registry entry expects."""
     from us43d.corpus.build import BuildOptions, build_corpus
 
     result = build_corpus(
@@ -143,33 +147,45 @@ def build(
         console,
     )
     _print_build(result)
+    if result.problems:  # a dataset missing, or yielding nothing or far less than expected
+        raise typer.Exit(1)
+
+
+def _found(found: int, expected: int | None) -> str:
+    return f"{found} / {expected}" if expected else str(found)
 
 
 def _print_build(result: Any) -> None:
     table = Table(title=f"build of {result.out}")
-    for column in ("dataset", "images", "instances", "train", "val", "test", "no instance", "cleaned px", "errors", ""):
+    columns = ("dataset", "found / expected", "unannotated", "images", "instances", "train", "val", "test")
+    for column in columns + ("no instance", "cleaned px (inst.)", "errors", "problems", ""):
         table.add_column(column, justify="right" if column not in ("dataset", "") else "left", no_wrap=column == "dataset")
     for dataset_id, r in sorted(result.reports.items()):
         splits = result.split_counts.get(dataset_id, {})
         table.add_row(
             dataset_id,
+            _found(r.items, r.expected_images),
+            str(r.unannotated),
             str(r.images),
             str(r.instances),
             str(splits.get("train", 0)),
             str(splits.get("val", 0)),
             str(splits.get("test", 0)),
             str(r.dropped_without_instances),
-            str(r.cleaned_pixels),
+            f"{r.cleaned_pixels} ({r.cleaned_instances})",
             str(len(r.errors)),
+            f"[red]{len(r.problems)}[/]" if r.problems else "0",
             "unchanged" if r.reused else f"{r.seconds:.1f}s",
         )
     console.print(table)
-    if result.errors:
-        err_console.print(f"[yellow]{len(result.errors)} problem(s) reported (details in {result.out / 'build.json'}):[/]")
-        for e in result.errors[:20]:
+    for title, rows in (("dataset problem(s)", result.problems), ("file(s) could not be converted", result.item_errors)):
+        if not rows:
+            continue
+        err_console.print(f"[yellow]{len(rows)} {title} (details in {result.out / 'build.json'}):[/]")
+        for e in rows[:20]:
             err_console.print(f"  {e['dataset']}: {e['file']}: {e['reason']}", highlight=False, markup=False)
-        if len(result.errors) > 20:
-            err_console.print(f"  ... and {len(result.errors) - 20} more")
+        if len(rows) > 20:
+            err_console.print(f"  ... and {len(rows) - 20} more")
 
 
 @app.command()
@@ -199,17 +215,35 @@ def stats(out: Annotated[Path, typer.Argument(help="Corpus folder written by `us
 
     result = corpus_stats(out)
     table = Table(title="images / instances per dataset and split")
-    for column in ("dataset", "organ", "train", "val", "test", "images", "instances"):
+    columns = ("dataset", "organ", "train", "val", "test", "images", "instances", "found / expected", "cleaned px (inst.)")
+    for column in columns:
         table.add_column(column, justify="left" if column in ("dataset", "organ") else "right", no_wrap=column == "dataset")
-    for dataset_id, row in result.by_dataset.iterrows():
-        table.add_row(
-            str(dataset_id),
-            row["organ"],
-            *(f"{row[f'{s}_images']} / {row[f'{s}_instances']}" for s in ("train", "val", "test")),
-            str(row["images"]),
-            str(row["instances"]),
+    names = sorted(set(result.by_dataset.index) | set(result.build.index), key=str.lower)
+    problems = []
+    for dataset_id in names:
+        row = result.by_dataset.loc[dataset_id] if dataset_id in result.by_dataset.index else None
+        built = result.build.loc[dataset_id] if dataset_id in result.build.index else None
+        counts = (
+            [f"{row[f'{s}_images']} / {row[f'{s}_instances']}" for s in ("train", "val", "test")]
+            if row is not None
+            else ["-"] * 3
         )
+        found = _found(int(built["items"]), built["expected_images"]) if built is not None else "-"
+        cleaned = f"{built['cleaned_pixels']} ({built['cleaned_instances']})" if built is not None else "-"
+        name = f"[red]{dataset_id}[/]" if built is not None and built["problems"] else str(dataset_id)
+        table.add_row(
+            name,
+            row["organ"] if row is not None else "",
+            *counts,
+            str(row["images"]) if row is not None else "0",
+            str(row["instances"]) if row is not None else "0",
+            found,
+            cleaned,
+        )
+        problems += [f"{dataset_id}: {reason}" for reason in (built["problems"] if built is not None else [])]
     console.print(table)
+    for line in problems:
+        err_console.print(f"[yellow]problem[/] {line}", highlight=False)
     organs = Table(title="per organ group")
     for column in ("organ", "datasets", "images", "instances"):
         organs.add_column(column, justify="left" if column == "organ" else "right")
@@ -466,6 +500,7 @@ def demo(
         console.print(f"[bold]1/3[/] wrote {len(cases)} synthetic images in BUS-BRA's layout under {raw / 'BUS-BRA'}")
         result = build_corpus(Registry.load(), raw, out, ["BUS-BRA"], BuildOptions(workers=workers, progress=True), console)
         _print_build(result)
+        console.print(f"(the build rightly reports a problem: the demo holds {len(cases)} of BUS-BRA's images)")
         console.print("[bold]2/3[/] validating")
         report = validate_corpus(out)
         if not report.ok:

@@ -20,7 +20,7 @@ def test_fake_tree(tmp_path: Path, rng: np.random.Generator) -> None:
             Image.fromarray(mask).save(root / "RUS" / "annotations" / part / f"{name}.png")
     write_jpeg(root / "AUS" / "images" / "train" / "sim.jpg", np.zeros((60, 80, 3), np.uint8))
     result, found = built_instances(tmp_path / "raw", tmp_path / "out", "AbdomenUS")
-    assert result.errors == [] and result.reports["AbdomenUS"].images == 3  # simulated images are not read
+    assert result.item_errors == [] and result.reports["AbdomenUS"].images == 3  # simulated images are not read
     rows = {c: m for c, *_, m in found["abdominal_US/abdominal_US/RUS/images/test/r2.jpg"]}
     assert set(rows) == {"liver", "kidney"}
     np.testing.assert_array_equal(rows["kidney"], kidney)

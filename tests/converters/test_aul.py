@@ -22,7 +22,7 @@ def test_fake_tree(tmp_path: Path, rng: np.random.Generator) -> None:
                 (base / "segmentation" / structure).mkdir(parents=True, exist_ok=True)
                 (base / "segmentation" / structure / f"{stem}.json").write_text(json.dumps(polygon))
     result, found = built_instances(tmp_path / "raw", tmp_path / "out", "AUL")
-    assert result.errors == [] and result.reports["AUL"].images == 4 and result.reports["AUL"].instances == 11
+    assert result.item_errors == [] and result.reports["AUL"].images == 4 and result.reports["AUL"].instances == 11
     rows = {c: m for c, *_, m in found["Malignant/Malignant/image/3.jpg"]}
     assert set(rows) == {"liver", "liver mass", "liver outline"}
     np.testing.assert_array_equal(rows["liver mass"], polygons_to_mask([[v for p in MASS for v in p]], 60, 80, "m"))

@@ -15,7 +15,7 @@ def test_fake_tree(tmp_path: Path, rng: np.random.Generator) -> None:
     other = ellipse((60, 80), (8, 8), (4, 4))
     write_pair(rng, None, root / "case003_other1.png", mask=other)
     result, found = built_instances(tmp_path / "raw", tmp_path / "out", "BrEaST")
-    assert result.errors == [] and result.reports["BrEaST"].instances == 5
+    assert result.item_errors == [] and result.reports["BrEaST"].instances == 5
     by_category = {c: m for c, *_, m in found["BrEaST-Lesions_USG-images_and_masks/case003.png"]}
     np.testing.assert_array_equal(by_category["breast lesion"], truth[3])
     np.testing.assert_array_equal(by_category["other finding"], other)

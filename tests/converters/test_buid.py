@@ -15,7 +15,7 @@ def test_fake_tree(tmp_path: Path, rng: np.random.Generator) -> None:
             )
     (raw / "Malignant" / "3 Malignant Mask.tif").unlink()
     result, found = built_instances(tmp_path / "raw", tmp_path / "out", "BUID")
-    assert [(e["file"], e["reason"]) for e in result.errors] == [
+    assert [(e["file"], e["reason"]) for e in result.item_errors] == [
         ("Malignant/3 Malignant Image.bmp", "image has no matching mask")
     ]
     assert result.reports["BUID"].images == 5

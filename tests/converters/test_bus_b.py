@@ -11,7 +11,7 @@ def test_fake_tree(tmp_path: Path, rng: np.random.Generator) -> None:
     write_pair(rng, root / "original" / "000009.png", None)
     result, found = built_instances(tmp_path / "raw", tmp_path / "out", "BUS-B")
     assert result.reports["BUS-B"].images == 4
-    assert [e["reason"] for e in result.errors] == ["image has no matching mask"]
+    assert [e["reason"] for e in result.item_errors] == ["image has no matching mask"]
     ((category, _, _, mask),) = found["BUS/original/000003.png"]
     assert category == "breast lesion"
     np.testing.assert_array_equal(mask, truth[3])

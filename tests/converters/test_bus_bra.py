@@ -42,7 +42,7 @@ def make_bus_bra(root: Path, rows=ROWS, seed: int = 0) -> dict[str, np.ndarray]:
 def test_fake_tree(tmp_path: Path) -> None:
     truth = make_bus_bra(tmp_path / "raw" / "BUS-BRA")
     result = build(tmp_path / "raw", tmp_path / "out", ["BUS-BRA"])
-    assert result.errors == []
+    assert result.item_errors == []
     assert (result.reports["BUS-BRA"].images, result.reports["BUS-BRA"].instances) == (7, 7)
     coco = tmp_path / "out" / "coco" / "BUS-BRA"
     test = load_json(coco / "test.json")
@@ -71,7 +71,7 @@ def test_image_missing_from_csv_is_reported_not_guessed(tmp_path: Path) -> None:
     write_png(tmp_path / "raw" / "BUS-BRA" / "BUSBRA" / "Masks" / "mask_0099-l.png", np.zeros((90, 120), np.uint8))
     result = build(tmp_path / "raw", tmp_path / "out", ["BUS-BRA"])
     assert result.reports["BUS-BRA"].images == 7
-    assert [(e["file"], e["reason"]) for e in result.errors] == [
+    assert [(e["file"], e["reason"]) for e in result.item_errors] == [
         ("BUSBRA/Images/bus_0099-l.png", "bus_0099-l has no row in 5-fold-cv.csv")
     ]
 
@@ -81,4 +81,4 @@ def test_missing_fold_file_is_a_dataset_error(tmp_path: Path) -> None:
     (tmp_path / "raw" / "BUS-BRA" / "BUSBRA" / "5-fold-cv.csv").unlink()
     result = build(tmp_path / "raw", tmp_path / "out", ["BUS-BRA"])
     assert result.reports["BUS-BRA"].images == 0
-    assert [(e["file"], e["reason"]) for e in result.errors] == [("BUSBRA/5-fold-cv.csv", "file is missing")]
+    assert [(e["file"], e["reason"]) for e in result.problems] == [("BUSBRA/5-fold-cv.csv", "file is missing")]

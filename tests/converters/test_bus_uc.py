@@ -20,7 +20,7 @@ def test_fake_tree(tmp_path: Path, rng: np.random.Generator) -> None:
     )
     Image.fromarray(big).save(root / "Malignant" / "masks" / "01.png")  # a mask stored at twice the size
     result, found = built_instances(tmp_path / "raw", tmp_path / "out", "BUS-UC")
-    assert result.errors == [] and result.reports["BUS-UC"].images == 6  # All/ is not read
+    assert result.item_errors == [] and result.reports["BUS-UC"].images == 6  # All/ is not read
     ((category, _, _, mask),) = found["BUS_UC/BUS_UC/Benign/images/02.png"]
     assert category == "breast lesion benign"
     np.testing.assert_array_equal(mask, truth[("Benign", 2)])

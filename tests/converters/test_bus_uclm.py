@@ -22,7 +22,7 @@ def test_fake_tree(tmp_path: Path, rng: np.random.Generator) -> None:
     (root / "INFO.csv").write_text("Image;Label\nALWI_000.png;benign\n")
     result, found = built_instances(tmp_path / "raw", tmp_path / "out", "BUS-UCLM")
     report = result.reports["BUS-UCLM"]
-    assert result.errors == [] and report.images == 3 and report.dropped_without_instances == 1
+    assert result.item_errors == [] and report.images == 3 and report.dropped_without_instances == 1
     prefix = "BUS-UCLM Breast ultrasound lesion segmentation dataset/BUS-UCLM/images"
     ((category, _, group, mask),) = found[f"{prefix}/ALWI_001.png"]
     assert category == "breast lesion malignant" and group == "ALWI"

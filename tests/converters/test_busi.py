@@ -17,7 +17,7 @@ def test_fake_tree(tmp_path: Path, rng: np.random.Generator) -> None:
     write_pair(rng, None, root / "benign" / "benign (2)_mask_1.png", mask=second)  # multifocal lesion
     write_pair(rng, root / "normal" / "normal (1).png", root / "normal" / "normal (1)_mask.png", mask=np.zeros((60, 80), bool))
     result, found = built_instances(tmp_path / "raw", tmp_path / "out", "BUSI")
-    assert result.errors == [] and result.reports["BUSI"].images == 4
+    assert result.item_errors == [] and result.reports["BUSI"].images == 4
     assert len(found["Dataset_BUSI_with_GT/benign/benign (2).png"]) == 2
     ((category, _, _, mask),) = found["Dataset_BUSI_with_GT/malignant/malignant (1).png"]
     assert category == "breast lesion"

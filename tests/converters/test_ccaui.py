@@ -13,7 +13,7 @@ def test_fake_tree(tmp_path: Path, rng: np.random.Generator) -> None:
             name = f"{series}_slice_{frame}.png"
             truth[name] = write_pair(rng, root / "US images" / name, root / "Expert mask images" / name)
     result, found = built_instances(tmp_path / "raw", tmp_path / "out", "CCAUI")
-    assert result.errors == [] and result.reports["CCAUI"].images == 9
+    assert result.item_errors == [] and result.reports["CCAUI"].images == 9
     name = "202201121748100023CAR_slice_2.png"
     ((category, split, group, mask),) = found[f"Common Carotid Artery Ultrasound Images/US images/{name}"]
     assert category == "carotid artery" and group == "202201121748100023CAR"

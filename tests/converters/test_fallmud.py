@@ -28,7 +28,7 @@ def test_fake_tree(tmp_path: Path, rng: np.random.Generator) -> None:
     write_pair(rng, None, root / "RyanCunningham" / "fascicle_masks" / "r1.png", mask=fascicle)
     write_pair(rng, root / "RyanCunningham" / "images" / "r2.png", None)
     result, found = built_instances(tmp_path / "raw", tmp_path / "out", "FALLMUD")
-    assert [e["reason"] for e in result.errors] == ["image has no aponeurosis_masks or fascicle_masks"]
+    assert [e["reason"] for e in result.item_errors] == ["image has no aponeurosis_masks or fascicle_masks"]
     assert result.reports["FALLMUD"].images == 3
     rows = found["FALLMUD/NeilCronin/images/img_00002.tif"]
     assert sorted(c for c, *_ in rows) == ["aponeurosis", "aponeurosis", "fascicle"]

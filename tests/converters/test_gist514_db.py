@@ -46,7 +46,7 @@ def make_gist(root: Path, seed: int = 0) -> None:
 def test_fake_tree(tmp_path: Path) -> None:
     make_gist(tmp_path / "raw" / "GIST514-DB")
     result = build(tmp_path / "raw", tmp_path / "out", ["GIST514-DB"])
-    assert result.errors == []
+    assert result.item_errors == []
     assert (result.reports["GIST514-DB"].images, result.reports["GIST514-DB"].instances) == (5, 6)
     coco_dir = tmp_path / "out" / "coco" / "GIST514-DB"
     test = load_json(coco_dir / "test.json")
@@ -71,6 +71,6 @@ def test_listed_image_missing_is_reported(tmp_path: Path) -> None:
     make_gist(tmp_path / "raw" / "GIST514-DB")
     (tmp_path / "raw" / "GIST514-DB" / "usd514_jpeg_roi" / "images" / "a3.jpg").unlink()
     result = build(tmp_path / "raw", tmp_path / "out", ["GIST514-DB"])
-    assert [(e["file"], e["reason"]) for e in result.errors] == [
+    assert [(e["file"], e["reason"]) for e in result.item_errors] == [
         ("usd514_jpeg_roi/images/a3.jpg", "listed in train_anno_crop_split_0.json but the image file is missing")
     ]

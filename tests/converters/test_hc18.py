@@ -15,7 +15,7 @@ def test_fake_tree(tmp_path: Path, rng: np.random.Generator) -> None:
         write_pair(rng, folder / f"{stem}.png", folder / f"{stem}_Annotation.png", shape=(54, 80), mask=outline)
         truth[stem] = head
     result, found = built_instances(tmp_path / "raw", tmp_path / "out", "HC18")
-    assert result.errors == [] and result.reports["HC18"].images == 5
+    assert result.item_errors == [] and result.reports["HC18"].images == 5
     ((category, split, group, mask),) = found["training_set/002_2HC.png"]
     assert category == "fetal head" and group == "002"
     np.testing.assert_array_equal(mask, truth["002_2HC"])  # filled, not the outline

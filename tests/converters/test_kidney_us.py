@@ -15,7 +15,7 @@ def test_fake_tree(tmp_path: Path, rng: np.random.Generator) -> None:
         write_pair(rng, None, raw / "labels" / "reviewed_masks_1" / "regions" / f"{name}.png", foreground=2)
     write_pair(rng, images / "3_IM-0003-0001_anon.png", capsule / "3_IM-0003-0001_anon.png", mask=np.zeros((60, 80), bool))
     result, found = built_instances(tmp_path / "raw", tmp_path / "out", "kidneyUS")
-    assert result.errors == [] and result.reports["kidneyUS"].images == 4
+    assert result.item_errors == [] and result.reports["kidneyUS"].images == 4
     assert result.reports["kidneyUS"].dropped_without_instances == 1
     source = "kidneyUS_images_14_june_2022/kidneyUS_images_14_june_2022/2_IM-0002-0002_anon.png"
     ((category, _, group, mask),) = found[source]

@@ -19,7 +19,7 @@ def test_fake_tree(tmp_path: Path, rng: np.random.Generator) -> None:
         Image.fromarray(speckle_image(rng, (60, 80))).save(raw / "images" / f"frame_{n}.png")
         Image.fromarray(np.dstack([labels] * 3)).save(raw / "masks" / f"frame_{n}.png")
     result, found = built_instances(tmp_path / "raw", tmp_path / "out", "LUSS-phantom")
-    assert result.errors == [] and result.reports["LUSS-phantom"].instances == 12
+    assert result.item_errors == [] and result.reports["LUSS-phantom"].instances == 12
     rows = found["LUSS_phantom/images/frame_1.png"]
     assert sorted(c for c, *_ in rows) == ["A-line", "pleural line", "rib", "rib"]
     line = next(m for c, *_, m in rows if c == "pleural line")

@@ -43,7 +43,7 @@ def make_otu_2d(root: Path, seed: int = 0) -> dict[str, np.ndarray]:
 def test_fake_tree(tmp_path: Path) -> None:
     truth = make_otu_2d(tmp_path / "raw" / "MMOTU-2D")
     result = build(tmp_path / "raw", tmp_path / "out", ["MMOTU-2D"])
-    assert result.errors == []
+    assert result.item_errors == []
     assert (result.reports["MMOTU-2D"].images, result.reports["MMOTU-2D"].instances) == (8, 16)
     categories = Registry.load().get("MMOTU-2D").categories
     coco = tmp_path / "out" / "coco" / "MMOTU-2D"
@@ -71,7 +71,7 @@ def test_unlisted_image_is_reported(tmp_path: Path) -> None:
     write_jpeg(base / "images" / "9.JPG", np.full((70, 110, 3), 50, np.uint8))
     write_png(base / "annotations" / "9.PNG", np.zeros((70, 110, 3), np.uint8))
     result = build(tmp_path / "raw", tmp_path / "out", ["MMOTU-2D"])
-    assert [(e["file"], e["reason"]) for e in result.errors] == [
+    assert [(e["file"], e["reason"]) for e in result.item_errors] == [
         ("OTU_2d/images/9.JPG", "listed in neither train_cls.txt nor val_cls.txt")
     ]
     assert result.reports["MMOTU-2D"].images == 8

@@ -12,7 +12,7 @@ def test_fake_tree(tmp_path: Path, rng: np.random.Generator) -> None:
         truth[n] = write_pair(rng, root / "images" / f"{n}.JPG", root / "annotations" / f"{n}.PNG", foreground=128)
         write_pair(rng, None, root / "annotations" / f"{n}_binary.PNG", mask=truth[n])
     result, found = built_instances(tmp_path / "raw", tmp_path / "out", "MMOTU-3D")
-    assert result.errors == [] and result.reports["MMOTU-3D"].images == 4
+    assert result.item_errors == [] and result.reports["MMOTU-3D"].images == 4
     ((category, _, _, mask),) = found["OTU_3d/images/2.JPG"]
     assert category == "ovarian lesion"
     np.testing.assert_array_equal(mask, truth[2])

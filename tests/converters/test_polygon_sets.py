@@ -21,7 +21,7 @@ def test_ubpd(tmp_path: Path, rng: np.random.Generator) -> None:
         (raw / "json_train" / f"{n}.json").write_bytes(json.dumps({"shapes": shapes, "imagePath": "\u795e\u7ecf"}).encode())
     (raw / "json_train" / "2.json").write_text(json.dumps({"shapes": [{"label": "xinzang", "points": NERVE}]}))
     result, found = built_instances(tmp_path / "raw", tmp_path / "out", "UBPD")
-    assert [(e["file"], e["reason"]) for e in result.errors] == [("json_train/2.json", "unknown label 'xinzang'")]
+    assert [(e["file"], e["reason"]) for e in result.item_errors] == [("json_train/2.json", "unknown label 'xinzang'")]
     rows = {c: m for c, *_, m in found["JPEGImages/1.jpg"]}
     np.testing.assert_array_equal(rows["nerve"], polygons_to_mask([[v for p in NERVE for v in p]], 60, 80, "n"))
     assert set(rows) == {"nerve", "artery"}
@@ -43,7 +43,7 @@ def test_fass(tmp_path: Path, rng: np.random.Generator) -> None:
         }
         np.save(root / "ARRAY_FORMAT" / f"img{n}.npy", {"structures": structures}, allow_pickle=True)
     result, found = built_instances(tmp_path / "raw", tmp_path / "out", "FASS")
-    assert result.errors == [] and result.reports["FASS"].instances == 6
+    assert result.item_errors == [] and result.reports["FASS"].instances == 6
     rows = {c: m for c, *_, m in found[f"{title}/{title}/IMAGES/img1.png"]}
     np.testing.assert_array_equal(rows["stomach"], stomach)
     np.testing.assert_array_equal(rows["liver"], liver)

@@ -17,7 +17,7 @@ def test_fake_tree(tmp_path: Path, rng: np.random.Generator) -> None:
             )
             write_pair(rng, None, data / part / "General Labels" / f"{name}.png", mask=ellipse((60, 80), (5, 5), (3, 3)))
     result, found = built_instances(tmp_path / "raw", tmp_path / "out", "S1")
-    assert result.errors == [] and result.reports["S1"].images == 6
+    assert result.item_errors == [] and result.reports["S1"].images == 6
     ((category, split, _, mask),) = found["Data/TestingDataSet/Images/t2.png"]
     assert (category, split) == ("breast lesion malignant", "test")
     np.testing.assert_array_equal(mask, truth["t2"][1])

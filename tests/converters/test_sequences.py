@@ -27,7 +27,7 @@ def test_acouslic(tmp_path: Path, rng: np.random.Generator) -> None:
         "uuid,subject_id,sweep_1_ac_mm\naaa,1,100\nbbb,1,101\nccc,2,99\n"
     )
     result, found = built_instances(tmp_path / "raw", tmp_path / "out", "ACOUSLIC")
-    assert result.errors == [] and result.reports["ACOUSLIC"].images == 6
+    assert result.item_errors == [] and result.reports["ACOUSLIC"].images == 6
     rows = found["acouslic-ai-train-set/images/stacked_fetal_ultrasound/bbb.mha"]
     assert {(c, g) for c, _, g, _ in rows} == {("fetal abdomen", "1")} and len(rows) == 2
     np.testing.assert_array_equal(rows[0][3], abdomen)
@@ -48,7 +48,7 @@ def test_cardiac_udc_fills_contours_and_drops_slips(tmp_path: Path, rng: np.rand
         nib.save(nib.Nifti1Image(video, np.eye(4)), site / f"{patient}_image.nii.gz")
         nib.save(nib.Nifti1Image(labels, np.eye(4)), site / f"{patient}_label.nii.gz")
     result, found = built_instances(tmp_path / "raw", tmp_path / "out", "CardiacUDC")
-    assert result.errors == [] and result.reports["CardiacUDC"].images == 4
+    assert result.item_errors == [] and result.reports["CardiacUDC"].images == 4
     rows = found["cardiacUDC_dataset/Site_G_20/p1_image.nii.gz"]
     assert all(c == "left ventricle" for c, *_ in rows)
     np.testing.assert_array_equal(rows[0][3], ventricle[::-1, ::-1])  # filled and turned 180 degrees
@@ -65,7 +65,7 @@ def test_echocp(tmp_path: Path, rng: np.random.Generator) -> None:
         nib.save(nib.Nifti1Image(video, np.eye(4)), root / f"{case}_image.nii.gz")
         nib.save(nib.Nifti1Image(labels, np.eye(4)), root / f"{case}_label.nii.gz")
     result, found = built_instances(tmp_path / "raw", tmp_path / "out", "EchoCP")
-    assert result.errors == [] and result.reports["EchoCP"].images == 3 and result.reports["EchoCP"].instances == 6
+    assert result.item_errors == [] and result.reports["EchoCP"].images == 3 and result.reports["EchoCP"].instances == 6
     assert {c for rows in found.values() for c, *_ in rows} == {"cardiac chamber"}
     rows = found["EchoCP_dataset/02_rest_image.nii.gz"]
     assert {g for *_, g, _ in rows} == {"02_rest"}
@@ -87,7 +87,7 @@ def test_asus(tmp_path: Path, rng: np.random.Generator) -> None:
         np.save(root / f"{scan}_ultrasound.npy", frames)
         np.save(root / f"{scan}_segmentation.npy", masks)
     result, found = built_instances(tmp_path / "raw", tmp_path / "out", "ASUS")
-    assert result.errors == [] and result.reports["ASUS"].images == 4
+    assert result.item_errors == [] and result.reports["ASUS"].images == 4
     ((category, _, group, mask),) = found["ASUS/DataArrays/q001_ultrasound.npy"][:1]
     assert (category, group) == ("spine", "q001")
     np.testing.assert_array_equal(mask, bone[::-1, ::-1])

@@ -11,7 +11,7 @@ from helpers import SAMPLES, build, decode, load_json, make_stu_hospital
 def test_fake_tree(tmp_path: Path) -> None:
     truth = make_stu_hospital(tmp_path / "raw" / "STU-Hospital", n=6)
     result = build(tmp_path / "raw", tmp_path / "out", ["stu-hospital"])
-    assert result.errors == []
+    assert result.item_errors == []
     report = result.reports["STU-Hospital"]
     assert (report.images, report.instances) == (6, 6)
     docs = {s: load_json(p) for s in ("train", "val") if (p := tmp_path / "out" / "coco" / "STU-Hospital" / f"{s}.json").exists()}
@@ -32,7 +32,7 @@ def test_orphans_are_reported(tmp_path: Path) -> None:
     (tmp_path / "raw" / "STU-Hospital" / "Hospital" / "Test_Image_3.png").unlink()
     result = build(tmp_path / "raw", tmp_path / "out", ["STU-Hospital"])
     assert result.reports["STU-Hospital"].images == 1
-    assert sorted((e["file"], e["reason"]) for e in result.errors) == [
+    assert sorted((e["file"], e["reason"]) for e in result.item_errors) == [
         ("Hospital/Test_Image_2.png", "image has no matching mask"),
         ("Hospital/mask_3.png", "mask has no matching image"),
     ]
@@ -44,7 +44,7 @@ def test_real_files(tmp_path: Path) -> None:
     raw.mkdir()
     (raw / "STU-Hospital").symlink_to(SAMPLES / "STU-Hospital")
     result = build(raw, tmp_path / "out", ["STU-Hospital"])
-    assert result.errors == []
+    assert result.item_errors == []
     report = result.reports["STU-Hospital"]
     assert (report.images, report.instances) == (42, 42)
     train = load_json(tmp_path / "out" / "coco" / "STU-Hospital" / "train.json")

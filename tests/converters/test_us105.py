@@ -12,7 +12,7 @@ def test_fake_tree(tmp_path: Path, rng: np.random.Generator) -> None:
         for n in (1, 2, 10)
     }
     result, found = built_instances(tmp_path / "raw", tmp_path / "out", "105US")
-    assert result.errors == [] and result.reports["105US"].images == 3
+    assert result.item_errors == [] and result.reports["105US"].images == 3
     ((category, _, _, mask),) = found["105 US Images/010.png"]
     assert category == "tumour"
     np.testing.assert_array_equal(mask, truth[10])

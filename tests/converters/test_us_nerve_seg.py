@@ -18,7 +18,7 @@ def test_fake_tree(tmp_path: Path, rng: np.random.Generator) -> None:
     (tmp_path / "raw" / "US-Nerve-Seg" / "test").mkdir()
     result, found = built_instances(tmp_path / "raw", tmp_path / "out", "US-Nerve-Seg")
     report = result.reports["US-Nerve-Seg"]
-    assert result.errors == [] and report.images == 6 and report.dropped_without_instances == 3
+    assert result.item_errors == [] and report.images == 6 and report.dropped_without_instances == 3
     ((category, _, group, mask),) = found["train/2_1.tif"]
     assert category == "brachial plexus" and group == "2"
     np.testing.assert_array_equal(mask, truth[(2, 1)])

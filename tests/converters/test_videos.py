@@ -25,7 +25,7 @@ def test_echonet_dynamic(tmp_path: Path, rng: np.random.Generator) -> None:
     (root / "VolumeTracings.csv").write_text("\n".join(rows) + "\n")
     (root / "FileList.csv").write_text("FileName,EF,Split\n0X1A,50,TRAIN\n0X2B,60,VAL\n0X3C,55,TEST\n")
     result, found = built_instances(tmp_path / "raw", tmp_path / "out", "EchoNet-Dynamic")
-    assert [e["reason"] for e in result.errors] == ["video named in VolumeTracings.csv is missing"]
+    assert [e["reason"] for e in result.item_errors] == ["video named in VolumeTracings.csv is missing"]
     assert result.reports["EchoNet-Dynamic"].images == 6
     ((category, split, group, mask),) = found["EchoNet-Dynamic/Videos/0X3C.avi"][:1]
     assert (category, split, group) == ("left ventricle", "test", "0X3C")
@@ -46,7 +46,7 @@ def test_echonet_pediatric(tmp_path: Path, rng: np.random.Generator) -> None:
             rows.append(f"{name}.avi,,,No Systolic")
         (root / view / "VolumeTracings.csv").write_text("\n".join(rows) + "\n")
     result, found = built_instances(tmp_path / "raw", tmp_path / "out", "EchoNet-Pediatric")
-    assert result.errors == [] and result.reports["EchoNet-Pediatric"].images == 4
+    assert result.item_errors == [] and result.reports["EchoNet-Pediatric"].images == 4
     ((category, _, group, mask),) = found["pediatric_echo_avi/pediatric_echo_avi/PSAX/Videos/CR2.avi"]
     assert (category, group) == ("left ventricle", "PSAX/CR2")
     np.testing.assert_array_equal(mask, polygons_to_mask([[v for p in square for v in p]], 48, 64, "t"))
@@ -64,7 +64,7 @@ def test_brachial_plexus(tmp_path: Path, rng: np.random.Generator) -> None:
     needle[5:8, 5:40] = True
     write_pair(rng, None, data / "Sonosite" / "needle" / "needle_masks" / "s005" / "s005_001.jpg", mask=needle)
     result, found = built_instances(tmp_path / "raw", tmp_path / "out", "brachial-plexus")
-    assert result.errors == [] and result.reports["brachial-plexus"].images == 8
+    assert result.item_errors == [] and result.reports["brachial-plexus"].images == 8
     rows = found["brachial_plexus-main/data/Sonosite/videos/s005.mp4"]
     assert {g for *_, g, _ in rows} == {"s005"} and len({s for _, s, _, _ in rows}) == 1
     needles = [m for c, *_, m in rows if c == "needle"]
@@ -85,7 +85,7 @@ def test_thyroid_cineclip(tmp_path: Path, rng: np.random.Generator) -> None:
         handle["annot_id"] = np.array([b"n1", b"n1", b"n1", b"n2", b"n2", b"n2", b"n2"])
         handle["frame_num"] = np.array([0, 1, 2, 0, 1, 2, 3])
     result, found = built_instances(tmp_path / "raw", tmp_path / "out", "Thyroid-US-Cineclip")
-    assert result.errors == [] and result.reports["Thyroid-US-Cineclip"].images == 4
+    assert result.item_errors == [] and result.reports["Thyroid-US-Cineclip"].images == 4
     rows = found["dataset.hdf5"]
     assert {g for *_, g, _ in rows} == {"n1", "n2"}
     np.testing.assert_array_equal(rows[0][3], nodule)
@@ -103,7 +103,7 @@ def test_fast_u_net_and_regpro(tmp_path: Path, rng: np.random.Generator) -> None
             rng, dataset / "HC" / "image" / f"{stem}.png", dataset / "HC" / "mask" / f"{stem}_Annotation.png"
         )
     result, found = built_instances(tmp_path / "raw", tmp_path / "out", "Fast-U-Net")
-    assert result.errors == [] and result.reports["Fast-U-Net"].images == 4
+    assert result.item_errors == [] and result.reports["Fast-U-Net"].images == 4
     ((category, split, group, mask),) = found["Fast-U-Net-main/Dataset/HC/image/010_2HC.png"]
     assert (category, group) == ("fetal abdomen or head", "HC_010")
     np.testing.assert_array_equal(mask, truth["010_2HC"])
@@ -119,4 +119,4 @@ def test_fast_u_net_and_regpro(tmp_path: Path, rng: np.random.Generator) -> None
                 (root / part / folder).mkdir(parents=True, exist_ok=True)
                 nib.save(nib.Nifti1Image(array, np.eye(4)), root / part / folder / f"{case}.nii.gz")
     result, found = built_instances(tmp_path / "raw", tmp_path / "out2", "regPro")
-    assert result.errors == [] and result.reports["regPro"].images == 8 and result.reports["regPro"].instances == 12
+    assert result.item_errors == [] and result.reports["regPro"].images == 8 and result.reports["regPro"].instances == 12

@@ -32,7 +32,7 @@ def test_microseg_and_mup(tmp_path: Path, rng: np.random.Generator) -> None:
                 save_nifti(root / part / "micro_ultrasound_scans" / f"microUS_{part}_{n}.nii.gz", image)
                 save_nifti(root / part / "expert_annotations" / f"expert_annotation_{part}_{n}.nii.gz", label)
         result, found = built_instances(tmp_path / "raw", tmp_path / f"out-{dataset}", dataset)
-        assert result.errors == [] and result.reports[dataset].images == 9  # 3 labelled slices x 3 volumes
+        assert result.item_errors == [] and result.reports[dataset].images == 9  # 3 labelled slices x 3 volumes
         rows = found["Micro_Ultrasound_Prostate_Segmentation_Dataset/test/micro_ultrasound_scans/microUS_test_01.nii.gz"]
         assert len(rows) == 3 and {(c, s, g) for c, s, g, _ in rows} == {("prostate", "test", "test_01")}
         np.testing.assert_array_equal(rows[0][3], label[1].T.astype(bool))
@@ -47,7 +47,7 @@ def test_segthy(tmp_path: Path, rng: np.random.Generator) -> None:
         save_nifti(root / "US" / f"{name}_US.nii", image)
         save_nifti(root / "US_thyroid_label" / f"{name}.nii", label)
     result, found = built_instances(tmp_path / "raw", tmp_path / "out", "SegThy")
-    assert result.errors == [] and result.reports["SegThy"].images == 6
+    assert result.item_errors == [] and result.reports["SegThy"].images == 6
     groups = {rows[0][2]: rows[0][1] for rows in found.values()}
     assert set(groups) == {"001", "002"}
 
@@ -66,7 +66,7 @@ def test_camus_sequences(tmp_path: Path, rng: np.random.Generator) -> None:
     (root / "database_split").mkdir()
     (root / "database_split" / "subgroup_testing.txt").write_text("patient0003\n")
     result, found = built_instances(tmp_path / "raw", tmp_path / "out", "CAMUS")
-    assert result.errors == [] and result.reports["CAMUS"].images == 30  # every frame is annotated
+    assert result.item_errors == [] and result.reports["CAMUS"].images == 30  # every frame is annotated
     rows = found["CAMUS_public/database_nifti/patient0003/patient0003_4CH_half_sequence.nii.gz"]
     assert {s for _, s, _, _ in rows} == {"test"} and len(rows) == 15
     atrium = [m for c, *_, m in rows if c == "left atrium"][0]
@@ -85,7 +85,7 @@ def test_fh_ps_aop(tmp_path: Path, rng: np.random.Generator) -> None:
         sitk.WriteImage(sitk.GetImageFromArray(planes), str(root / "image_mha" / f"{name}.mha"))
         sitk.WriteImage(sitk.GetImageFromArray(label), str(root / "label_mha" / f"{name}.mha"))
     result, found = built_instances(tmp_path / "raw", tmp_path / "out", "FH-PS-AOP")
-    assert result.errors == [] and result.reports["FH-PS-AOP"].instances == 4
+    assert result.item_errors == [] and result.reports["FH-PS-AOP"].instances == 4
     rows = {c: m for c, *_, m in found["Pubic Symphysis-Fetal Head Segmentation and Angle of Progression/image_mha/00002.mha"]}
     np.testing.assert_array_equal(rows["fetal head"], label == 2)
     np.testing.assert_array_equal(rows["pubic symphysis"], label == 1)

@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from us43d.converters.base import Item, Sample, pair_files
+from us43d.converters.volumes import frames_field_of_view
 from us43d.errors import ConversionError
 from us43d.registry.schema import DatasetEntry
 
@@ -37,6 +38,7 @@ def read_item(raw: Path, item: Item, entry: DatasetEntry) -> Iterator[Sample]:
     if not np.isfinite(frames).all():
         raise ConversionError("sweep holds NaN or infinite values", item.source_file)
     pixels = np.clip(np.round(frames.astype(np.float32) * 255), 0, 255).astype(np.uint8)
+    field_of_view = frames_field_of_view(entry, pixels, 0)
     for index in range(len(frames)):
         mask = masks[index] == 1
         if not mask.any():
@@ -49,4 +51,5 @@ def read_item(raw: Path, item: Item, entry: DatasetEntry) -> Iterator[Sample]:
             label_names={1: entry.categories[0]},
             group=item.group,
             frame=index,
+            field_of_view=None if field_of_view is None else np.ascontiguousarray(field_of_view[::-1, ::-1]),
         )

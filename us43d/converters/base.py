@@ -36,10 +36,22 @@ class Item:
     # item is reported as failed with this reason and never read, so one orphan file does not
     # stop the listing of a whole dataset.
     problem: str | None = None
+    # An image the release leaves without annotation (it annotates only some): not an error,
+    # counted by the build and never read.
+    unannotated: bool = False
 
     @property
     def source_file(self) -> str:
         return self.files[0]
+
+
+@dataclass(frozen=True)
+class DatasetProblem:
+    """Something wrong with a dataset as a whole, found while listing (a missing official split
+    list), that does not stop the build: `list_items` yields it and the build reports it."""
+
+    file: str  # relative to the raw folder
+    reason: str
 
 
 @dataclass
@@ -61,13 +73,16 @@ class Sample:
     split: str | None = None
     frame: int | None = None
     lossy: bool = False  # decoded from a lossy format: background is "near zero", not zero
+    # The scan region of the sequence this frame or slice belongs to (bool, the image's shape),
+    # estimated from all its frames (us43d.corpus.field_of_view); None for single images.
+    field_of_view: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         if (self.label_map is None) == (self.instances is None):
             raise ValueError("a Sample carries either a label_map or instances, not both or neither")
 
 
-ListItems = Callable[[Path, DatasetEntry], Iterable[Item]]
+ListItems = Callable[[Path, DatasetEntry], Iterable[Item | DatasetProblem]]
 ReadItem = Callable[[Path, Item, DatasetEntry], Iterable[Sample]]
 
 
@@ -100,7 +115,7 @@ def locate_root(raw: Path, marker: str) -> Path:
     """
     if (raw / marker).exists():
         return raw
-    children = [p for p in raw.iterdir() if p.is_dir() and not p.name.startswith((".", "__MACOSX"))] if raw.is_dir() else []
+    children = _subfolders(raw) if raw.is_dir() else []
     if len(children) == 1 and (children[0] / marker).exists():
         return children[0]
     raise ConversionError(f"expected '{marker}' in the raw folder (or in its single top folder)", source_file=str(raw))
@@ -119,20 +134,32 @@ def reported_path(raw: Path, source: str | Path) -> str:
 
 
 def pair_files(
-    raw: Path, images: Mapping[str, Path], masks: Mapping[str, Path]
+    raw: Path, images: Mapping[str, Path], masks: Mapping[str, Path], partly_annotated: bool = False
 ) -> Iterator[tuple[str, tuple[str, ...], str | None]]:
     """Pair images and masks that share a key: (key, files relative to raw, problem).
 
     An image without a mask, or a mask without an image, comes out with a problem instead of
-    being dropped silently, so the build reports it.
+    being dropped silently, so the build reports it. In a release that annotates only some of
+    its images (`partly_annotated`), an image without a mask is no problem: it comes out with
+    the problem UNANNOTATED, which `paired_items` turns into an unannotated item.
     """
     for key in sorted(images.keys() | masks.keys()):
         if key not in images:
             yield key, (relative(raw, masks[key]),), "mask has no matching image"
         elif key not in masks:
-            yield key, (relative(raw, images[key]),), "image has no matching mask"
+            yield key, (relative(raw, images[key]),), UNANNOTATED if partly_annotated else "image has no matching mask"
         else:
             yield key, (relative(raw, images[key]), relative(raw, masks[key])), None
+
+
+UNANNOTATED = "image without annotation in the release"
+
+
+def paired_item(key: str, files: tuple[str, ...], problem: str | None, **fields: Any) -> Item:
+    """An item from one `pair_files` row."""
+    if problem == UNANNOTATED:
+        return Item(key, files, unannotated=True, **fields)
+    return Item(key, files, problem=problem, **fields)
 
 
 def one_class_sample(item: Item, image: Any, mask: np.ndarray, category: str) -> Sample:
@@ -144,7 +171,9 @@ def one_class_sample(item: Item, image: Any, mask: np.ndarray, category: str) ->
 def find_folder(raw: Path, marker: str, max_depth: int = 5) -> Path:
     """The folder whose path ends with `marker` ("tn3k", "2_preprocessed_data/stage1"),
     searched a few levels below `raw`: releases nest their data under title folders, and
-    combined archives (one download serving several datasets) nest them deeper."""
+    combined archives (one download serving several datasets) nest them deeper. A folder that
+    holds nothing but a folder of its own name (`TNSCUI2020_train/TNSCUI2020_train/`, an archive
+    extracted into a folder named after it) stands for that inner folder."""
     parts = tuple(Path(marker).parts)
     found: list[Path] = []
     frontier = [raw]
@@ -154,10 +183,7 @@ def find_folder(raw: Path, marker: str, max_depth: int = 5) -> Path:
             if folder.parts[-len(parts) :] == parts and folder != raw:
                 found.append(folder)
                 continue
-            try:
-                following.extend(sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith((".", "__MACOSX"))))
-            except OSError as exc:
-                raise ConversionError(f"cannot list folder ({exc})", source_file=str(folder)) from exc
+            following.extend(_subfolders(folder))
         if found:
             break
         frontier = following
@@ -165,7 +191,23 @@ def find_folder(raw: Path, marker: str, max_depth: int = 5) -> Path:
         raise ConversionError(f"expected a folder '{marker}' in the raw folder", source_file=str(raw))
     if len(found) > 1:
         raise ConversionError(f"several folders match '{marker}': {[relative(raw, f) for f in found[:3]]}", source_file=str(raw))
-    return found[0]
+    folder = found[0]
+    while True:
+        inside = [p for p in _entries(folder) if not p.name.startswith((".", "__MACOSX"))]
+        if len(inside) != 1 or inside[0].name != folder.name or not inside[0].is_dir():
+            return folder
+        folder = inside[0]
+
+
+def _entries(folder: Path) -> list[Path]:
+    try:
+        return sorted(folder.iterdir())
+    except OSError as exc:
+        raise ConversionError(f"cannot list folder ({exc})", source_file=str(folder)) from exc
+
+
+def _subfolders(folder: Path) -> list[Path]:
+    return [p for p in _entries(folder) if p.is_dir() and not p.name.startswith((".", "__MACOSX"))]
 
 
 def files_by_stem(folder: Path, suffixes: tuple[str, ...], required: bool = True) -> dict[str, Path]:

@@ -10,7 +10,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from us43d.converters.base import Item, Sample, relative
-from us43d.converters.readers import connected_components, read_binary_mask, read_video_frames
+from us43d.converters.readers import connected_components, read_binary_mask
+from us43d.converters.volumes import video_frames
+from us43d.errors import ConversionError
 from us43d.registry.schema import DatasetEntry
 
 _NUMBER = re.compile(r"_(\d+)$")
@@ -42,7 +44,11 @@ def read_item(raw: Path, item: Item, entry: DatasetEntry) -> Iterator[Sample]:
     plexus_name, needle_name = entry.categories
     masks = {plexus_name: item.meta["plexus"], needle_name: item.meta["needle"]}
     wanted = set(masks[plexus_name]) | set(masks[needle_name])
-    for index, frame in read_video_frames(raw / item.source_file, wanted):
+    frames, field_of_view = video_frames(raw / item.source_file, wanted, entry)
+    missing = sorted(wanted - frames.keys())
+    if missing:
+        raise ConversionError(f"masks of frames {missing[:5]} are beyond the end of the video", item.source_file)
+    for index, frame in sorted(frames.items()):
         instances = [
             (category, part)
             for category, numbered in masks.items()
@@ -51,5 +57,12 @@ def read_item(raw: Path, item: Item, entry: DatasetEntry) -> Iterator[Sample]:
             if part.any()
         ]
         yield Sample(
-            f"{item.key}/{index:04d}", frame, item.source_file, instances=instances, group=item.group, frame=index, lossy=True
+            f"{item.key}/{index:04d}",
+            frame,
+            item.source_file,
+            instances=instances,
+            group=item.group,
+            frame=index,
+            lossy=True,
+            field_of_view=field_of_view,
         )

@@ -11,7 +11,8 @@ from pathlib import Path
 import numpy as np
 
 from us43d.converters.base import TEST, Item, Sample, find_folder, relative
-from us43d.converters.readers import polygons_to_mask, read_csv, read_video_frames
+from us43d.converters.readers import polygons_to_mask, read_csv
+from us43d.converters.volumes import video_frames
 from us43d.errors import ConversionError
 from us43d.registry.schema import DatasetEntry
 
@@ -45,9 +46,11 @@ def list_items(raw: Path, entry: DatasetEntry) -> Iterator[Item]:
 
 def traced_samples(raw: Path, item: Item, entry: DatasetEntry, outlines: dict[int, list[float]]) -> Iterator[Sample]:
     """Frames of the item's video that carry an outline, each with the filled outline."""
-    found = set()
-    for index, frame in read_video_frames(raw / item.files[0], set(outlines)):
-        found.add(index)
+    frames, field_of_view = video_frames(raw / item.files[0], set(outlines), entry)
+    missing = sorted(set(outlines) - frames.keys())
+    if missing:
+        raise ConversionError(f"traced frames {missing[:5]} are beyond the end of the video", item.source_file)
+    for index, frame in sorted(frames.items()):
         mask = polygons_to_mask([outlines[index]], frame.shape[0], frame.shape[1], item.files[1])
         yield Sample(
             f"{item.key}/{index:04d}",
@@ -58,10 +61,9 @@ def traced_samples(raw: Path, item: Item, entry: DatasetEntry, outlines: dict[in
             group=item.group,
             split=item.split,
             frame=index,
+            lossy=True,
+            field_of_view=field_of_view,
         )
-    missing = sorted(set(outlines) - found)
-    if missing:
-        raise ConversionError(f"traced frames {missing[:5]} are beyond the end of the video", item.source_file)
 
 
 def read_item(raw: Path, item: Item, entry: DatasetEntry) -> Iterator[Sample]:

@@ -12,6 +12,7 @@ import numpy as np
 
 from us43d.converters.base import Item, Sample, find_folder, pair_files
 from us43d.converters.readers import connected_components, iter_slices, read_volume, to_storable
+from us43d.converters.volumes import slice_fields_of_view
 from us43d.errors import ConversionError
 from us43d.registry.schema import DatasetEntry
 
@@ -32,9 +33,11 @@ def read_item(raw: Path, item: Item, entry: DatasetEntry) -> Iterator[Sample]:
         raise ConversionError(f"label {channels.shape} does not match image {image.array.shape}", item.files[1])
     axis = image.axis_of(entry.slicing_axis or "sagittal")
     pixels = to_storable(image.array)
+    field_of_view = slice_fields_of_view(entry, pixels, axis, entry.slicing_axis or "sagittal")
     for (index, planes), (_, frame) in zip(iter_slices(channels > 0, axis), iter_slices(pixels, axis)):
         if not planes.any():  # planes: (a, b, channels)
             continue
+        fov = field_of_view(index)
         instances = [
             (entry.categories[0], part)
             for c in range(planes.shape[-1])
@@ -48,4 +51,5 @@ def read_item(raw: Path, item: Item, entry: DatasetEntry) -> Iterator[Sample]:
             instances=instances,
             group=item.group,
             frame=index,
+            field_of_view=None if fov is None else np.ascontiguousarray(fov.T),
         )

@@ -11,6 +11,7 @@ import numpy as np
 
 from us43d.converters.base import Item, Sample, relative
 from us43d.converters.readers import filled_outline
+from us43d.converters.volumes import frames_field_of_view
 from us43d.errors import ConversionError
 from us43d.registry.schema import DatasetEntry
 
@@ -42,6 +43,7 @@ def read_item(raw: Path, item: Item, entry: DatasetEntry) -> Iterator[Sample]:
         rows = item.meta["rows"]
         images, masks = handle["image"][rows], handle["mask"][rows]
         frames = np.asarray(handle["frame_num"][rows]).astype(int) if "frame_num" in handle else np.arange(len(rows))
+    field_of_view = frames_field_of_view(entry, np.asarray(images), 0)
     for image, mask, frame in zip(images, masks, frames):
         region = filled_outline(np.asarray(mask) > 0)
         if not region.any():
@@ -54,4 +56,5 @@ def read_item(raw: Path, item: Item, entry: DatasetEntry) -> Iterator[Sample]:
             label_names={1: entry.categories[0]},
             group=item.group,
             frame=int(frame),
+            field_of_view=field_of_view,
         )

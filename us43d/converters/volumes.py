@@ -8,15 +8,36 @@ transposed so that its later remaining axis runs down the rows (for a (x, y) fra
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 
 import numpy as np
 
 from us43d.converters.base import Item, Sample
-from us43d.converters.readers import Volume, iter_slices, read_volume, to_storable
+from us43d.converters.readers import Volume, iter_slices, read_video_frames, read_volume, to_storable
+from us43d.corpus.field_of_view import SignalEnvelope, VolumeFieldOfView, sequence_field_of_view
 from us43d.errors import ConversionError
 from us43d.registry.schema import DatasetEntry
+
+
+def frames_field_of_view(entry: DatasetEntry, frames: np.ndarray, frame_axis: int, lossy: bool = False) -> np.ndarray | None:
+    """The field of view shared by all frames of a 2D+t stack (in the layout of one frame), or
+    None for a dataset that does not clean."""
+    if not entry.cleans_background:
+        return None
+    return sequence_field_of_view(frames, frame_axis, lossy, entry.cleaning.background_threshold)
+
+
+def slice_fields_of_view(entry: DatasetEntry, pixels: np.ndarray, axis: int, view: str) -> Callable[[int], np.ndarray | None]:
+    """The field of view of slice `index` (in the layout of `np.take(pixels, index, axis)`),
+    estimated once from the whole sequence: the maximum over all frames of a 2D+t stack, the 3D
+    hull of a volume. Nothing is estimated for a dataset that does not clean."""
+    if not entry.cleans_background or view == "frames":
+        shared = frames_field_of_view(entry, pixels, axis)
+        return lambda index: shared
+    volume = VolumeFieldOfView.estimate(pixels, level=entry.cleaning.background_threshold)
+    shape = tuple(n for a, n in enumerate(pixels.shape) if a != axis)
+    return lambda index: volume.plane(axis, index, shape)  # type: ignore[arg-type]
 
 
 def slice_samples(
@@ -41,21 +62,26 @@ def slice_samples(
     unexpected = sorted(set(np.unique(values).tolist()) - {0, *label_names})
     if unexpected:
         raise ConversionError(f"label volume holds unexpected values {unexpected[:10]}", item.files[1])
+    field_of_view = slice_fields_of_view(entry, pixels, axis, view)
+
+    def orient(plane: np.ndarray) -> np.ndarray:
+        plane = plane.T
+        return np.ascontiguousarray(plane[::-1, ::-1] if rotate_180 else plane)
+
     for (index, label), (_, frame) in zip(iter_slices(values, axis), iter_slices(pixels, axis)):
-        label, frame = label.T, frame.T
         if not keep_empty and not label.any():
             continue
-        if rotate_180:
-            frame, label = frame[::-1, ::-1], label[::-1, ::-1]
+        fov = field_of_view(index)
         yield Sample(
             key=f"{item.key}/{index:04d}",
-            image=np.ascontiguousarray(frame),
+            image=orient(frame),
             source_file=item.source_file,
-            label_map=np.ascontiguousarray(label).astype(np.int32),
+            label_map=orient(label).astype(np.int32),
             label_names=label_names,
             group=item.group,
             split=item.split,
             frame=index,
+            field_of_view=None if fov is None else orient(fov),
         )
 
 
@@ -66,3 +92,17 @@ def read_volume_pair(
     yield from slice_samples(
         item, entry, read_volume(raw / item.files[0]), read_volume(raw / item.files[1]), label_names, **options
     )
+
+
+def video_frames(path: Path, wanted: set[int], entry: DatasetEntry) -> tuple[dict[int, np.ndarray], np.ndarray | None]:
+    """The wanted frames of a video file (all of them lossy) and, for a dataset that cleans, the
+    field of view of the whole video: then every frame is decoded, not only up to the last wanted."""
+    if not entry.cleans_background:
+        return dict(read_video_frames(path, wanted)), None
+    envelope = SignalEnvelope()
+    frames = {}
+    for index, frame in read_video_frames(path):
+        envelope.add(frame)
+        if index in wanted:
+            frames[index] = frame
+    return frames, envelope.field_of_view(lossy=True, level=entry.cleaning.background_threshold)

@@ -40,7 +40,7 @@ from rich.progress import (
 )
 
 import us43d
-from us43d.converters.base import Item, load_converter, reported_path
+from us43d.converters.base import DatasetProblem, Item, load_converter, reported_path
 from us43d.corpus import process
 from us43d.corpus.records import ImageRecord, ItemError, ItemResult
 from us43d.corpus.split import assign_splits
@@ -61,7 +61,7 @@ STATE_VERSION = 1
 _CODE_FILES = (
     "converters/base.py",
     "converters/readers.py",
-    "corpus/cleaning.py",
+    "corpus/field_of_view.py",
     "corpus/instances.py",
     "corpus/process.py",
     "corpus/records.py",
@@ -80,7 +80,9 @@ class BuildOptions:
 @dataclass
 class DatasetReport:
     dataset: str
-    items: int = 0
+    items: int = 0  # listed in the raw folder: converted, failed or unannotated
+    expected_images: int | None = None  # what the registry expects the raw folder to hold
+    unannotated: int = 0  # images the release leaves without annotation (not errors)
     items_converted: int = 0
     items_failed: int = 0
     samples: int = 0
@@ -89,17 +91,25 @@ class DatasetReport:
     dropped_without_instances: int = 0
     small_instances_dropped: int = 0
     cleaned_pixels: int = 0
+    cleaned_instances: int = 0
     seconds: float = 0.0
     reused: bool = False
-    errors: list[dict[str, str]] = field(default_factory=list)
+    errors: list[dict[str, str]] = field(default_factory=list)  # items that could not be converted
+    problems: list[dict[str, str]] = field(default_factory=list)  # the dataset as a whole
 
 
 @dataclass
 class BuildResult:
     out: Path
     reports: dict[str, DatasetReport]
-    errors: list[dict[str, str]]
+    problems: list[dict[str, str]]  # datasets missing, yielding nothing or far less than expected
+    item_errors: list[dict[str, str]]  # single items that could not be converted
     split_counts: dict[str, dict[str, int]]
+
+    @property
+    def errors(self) -> list[dict[str, str]]:
+        """Everything reported, dataset problems first."""
+        return self.problems + self.item_errors
 
     @property
     def ok(self) -> bool:
@@ -193,23 +203,51 @@ def _run_items(executor: Executor | None, task: process.Task, items: Sequence[It
     return executor.map(work, items, chunksize=chunk)
 
 
-def _list_items(entry: DatasetEntry, raw_dir: Path) -> tuple[list[Item], list[ItemError]]:
+def _list_items(entry: DatasetEntry, raw_dir: Path) -> tuple[list[Item], list[ItemError], list[ItemError]]:
+    """The dataset's items, the items listed twice, and problems of the dataset as a whole."""
     converter = load_converter(entry.converter)
     items: list[Item] = []
-    errors: list[ItemError] = []
+    duplicates: list[ItemError] = []
+    problems: list[ItemError] = []
     seen: set[str] = set()
     try:
         listed = list(converter.list_items(raw_dir, entry))
     except ConversionError as exc:
-        return [], [ItemError(entry.id, reported_path(raw_dir, exc.source_file or raw_dir), exc.reason)]
+        return [], [], [ItemError(entry.id, reported_path(raw_dir, exc.source_file or raw_dir), exc.reason)]
     for item in listed:
-        if item.key in seen:
-            errors.append(ItemError(entry.id, item.source_file, f"duplicate sample key '{item.key}'"))
-            continue
-        seen.add(item.key)
-        items.append(item)
+        if isinstance(item, DatasetProblem):
+            problems.append(ItemError(entry.id, item.file, item.reason))
+        elif item.key in seen:
+            duplicates.append(ItemError(entry.id, item.source_file, f"duplicate sample key '{item.key}'"))
+        else:
+            seen.add(item.key)
+            items.append(item)
     items.sort(key=lambda i: i.key)
-    return items, errors
+    return items, duplicates, problems
+
+
+# A dataset whose raw folder holds fewer than this share of the images its registry entry
+# expects is reported: an incomplete download or a layout the converter does not know.
+MIN_EXPECTED_SHARE = 0.5
+
+
+def _coverage_problems(entry: DatasetEntry, raw_dir: Path, report: DatasetReport) -> list[ItemError]:
+    """A dataset that yields nothing, or far less than expected, never passes silently."""
+    where = reported_path(raw_dir, raw_dir)
+    if report.items == 0:
+        return [ItemError(entry.id, where, "no images found: is this the release's layout (see `us43d info`)?")]
+    if report.images == 0:
+        return [ItemError(entry.id, where, f"none of the {report.items} items listed gave an annotated image")]
+    expected = entry.expected.images
+    if expected and report.items < MIN_EXPECTED_SHARE * expected:
+        return [
+            ItemError(
+                entry.id,
+                where,
+                f"found {report.items} images where the registry expects {expected}: incomplete download or unknown layout?",
+            )
+        ]
+    return []
 
 
 def _build_dataset(
@@ -226,12 +264,14 @@ def _build_dataset(
     staging = images_root / f".staging-{entry.id}"
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)
-    items, errors = _list_items(entry, raw_dir)
-    if options.strict and errors:
-        raise StrictStop(f"{errors[0].dataset}: {errors[0].file}: {errors[0].reason}")
-    duplicates_listed = sum(1 for e in errors if "duplicate" in e.reason)
-    report.items = len(items) + duplicates_listed
-    report.items_failed = duplicates_listed
+    listed, errors, problems = _list_items(entry, raw_dir)
+    if options.strict and (problems or errors):
+        first = (problems or errors)[0]
+        raise StrictStop(f"{first.dataset}: {first.file}: {first.reason}")
+    items = [item for item in listed if not item.unannotated]
+    report.unannotated = len(listed) - len(items)
+    report.items = len(listed) + len(errors)
+    report.items_failed = len(errors)
     task = process.Task(entry, raw_dir, staging, entry.id)
     progress_task = progress.add_task(entry.id, total=len(items)) if progress else None
     records: list[ImageRecord] = []
@@ -249,6 +289,7 @@ def _build_dataset(
         report.dropped_without_instances += result.dropped_empty
         report.small_instances_dropped += result.small_instances
         report.cleaned_pixels += result.cleaned_pixels
+        report.cleaned_instances += result.cleaned_instances
         if progress is not None and progress_task is not None:
             progress.advance(progress_task)
     duplicates = [k for k, n in Counter(r.key for r in records).items() if n > 1]
@@ -258,6 +299,11 @@ def _build_dataset(
     report.images = len(records)
     report.instances = sum(len(r.annotations) for r in records)
     report.errors = [asdict(e) for e in errors]
+    report.problems = [asdict(e) for e in problems or _coverage_problems(entry, raw_dir, report)]
+    report.expected_images = entry.expected.images
+    if options.strict and report.problems:
+        first = report.problems[0]
+        raise StrictStop(f"{first['dataset']}: {first['file']}: {first['reason']}")
     report.seconds = round(time.perf_counter() - started, 3)
     # Swap the finished images in, then mark the dataset done. Invalidate the old state first,
     # so a crash between the two steps leaves a dataset that will simply be rebuilt.
@@ -417,24 +463,28 @@ def _finish(
     check_unique_ids(rows)
     write_coco(out, infos, rows)
     write_parquet(out, infos, rows)
-    errors = list(dataset_errors)
-    for report in stored_reports.values():
-        errors.extend(report.get("errors", []))
     all_reports = {k: DatasetReport(**v) for k, v in stored_reports.items()}
     all_reports.update({k: v for k, v in this_run.items()})
+    problems = list(dataset_errors)
+    errors: list[dict[str, str]] = []
+    for _, report in sorted(all_reports.items()):
+        problems.extend(report.problems)
+        errors.extend(report.errors)
     build = {
         "versions": _versions(),
         "registry_hash": registry.digest(),
         "seed": options.seed,
         "datasets": {k: {**asdict(v), "splits": split_counts.get(k, {})} for k, v in sorted(all_reports.items())},
+        "problems": problems,
         "errors": errors,
         "totals": {
             "images": sum(len(v) for v in records.values()),
             "instances": sum(len(r.annotations) for v in records.values() for r in v),
+            "problems": len(problems),
             "errors": len(errors),
         },
         "timings": {"datasets_seconds": round(seconds, 3), "write_seconds": round(time.perf_counter() - started, 3)},
         "command": " ".join(sys.argv[1:]) if sys.argv else "",
     }
     atomic_write_bytes(out / "build.json", (json.dumps(build, indent=2) + "\n").encode())
-    return BuildResult(out, all_reports, errors, split_counts)
+    return BuildResult(out, all_reports, problems, errors, split_counts)

@@ -23,8 +23,9 @@ class Instance:
 @dataclass(frozen=True)
 class InstanceStats:
     instances: list[Instance]
-    cleaned_pixels: int  # foreground pixels removed because they lay on the background
-    small_dropped: int  # instances removed for being below the minimum area
+    cleaned_pixels: int  # annotation pixels removed because they lay outside the field of view
+    cleaned_instances: int  # instances that lost pixels to that cleaning
+    small_dropped: int  # instances removed for being below the minimum area (after cleaning)
 
 
 def encode(mask: np.ndarray, category: str) -> Instance:
@@ -40,46 +41,37 @@ def extract_instances(
     label_map: np.ndarray | None,
     label_names: Mapping[int, str],
     given: list[tuple[str, np.ndarray]] | None,
-    background: np.ndarray | None,
+    field_of_view: np.ndarray | None,
     min_area: int,
 ) -> InstanceStats:
     """Every connected component of every label (or each given mask) becomes one instance.
 
-    Background pixels are removed first, so a component that only touched the black frame
-    does not survive as a sliver; then instances smaller than `min_area` are dropped.
+    Instances are found first and cleaned afterwards, one by one: removing the pixels outside
+    the field of view can shrink an annotated structure but never splits it into several
+    instances. An instance left smaller than `min_area` (say, one that lay almost wholly on
+    the frame) is dropped.
     """
-    cleaned = 0
     candidates: list[tuple[str, np.ndarray]] = []
     if label_map is not None:
-        # the values present before cleaning: cleaning can only remove some, and a value with
-        # no pixels left simply has no components
         values = present_values(label_map[label_map != 0]).tolist()
         unnamed = [v for v in values if v not in label_names]
         if unnamed:
             raise ConversionError(f"label value {unnamed[0]} has no category name")
-        if background is not None:
-            on_background = background & (label_map != 0)
-            cleaned += int(np.count_nonzero(on_background))
-            if cleaned:
-                label_map = np.where(on_background, 0, label_map)
         for value in values:
             candidates.extend((label_names[value], part) for part in connected_components(label_map == value))
     else:
-        for category, mask in given or []:
-            if background is not None:
-                removed = mask & background
-                n = int(np.count_nonzero(removed))
-                if n:
-                    cleaned += n
-                    mask = mask & ~background
-            if mask.any():
-                candidates.append((category, mask))
+        candidates = [(category, mask) for category, mask in given or [] if mask.any()]
+    cleaned = touched = small = 0
     kept: list[Instance] = []
-    small = 0
     for category, mask in candidates:
-        area = int(np.count_nonzero(mask))
-        if area < max(min_area, 1):
+        if field_of_view is not None:
+            outside = int(np.count_nonzero(mask & ~field_of_view))
+            if outside:
+                cleaned += outside
+                touched += 1
+                mask = mask & field_of_view
+        if np.count_nonzero(mask) < max(min_area, 1):
             small += 1
             continue
         kept.append(encode(mask, category))
-    return InstanceStats(kept, cleaned, small)
+    return InstanceStats(kept, cleaned, touched, small)

@@ -12,7 +12,7 @@ import numpy as np
 from PIL import Image
 
 from us43d.converters.base import Converter, Item, Sample, load_converter, reported_path
-from us43d.corpus.cleaning import background_mask, background_threshold
+from us43d.corpus.field_of_view import image_field_of_view
 from us43d.corpus.instances import extract_instances
 from us43d.corpus.records import AnnotationRecord, ImageRecord, ItemError, ItemResult
 from us43d.errors import ConversionError
@@ -60,24 +60,20 @@ def _record(task: Task, item: Item, sample: Sample, result: ItemResult, written:
     image = sample.image
     if image.ndim not in (2, 3) or (image.ndim == 3 and image.shape[2] != 3):
         raise ConversionError(f"image has shape {image.shape}, expected (H, W) or (H, W, 3)", sample.source_file)
-    background = None
-    if entry.cleaning.background_overlap:
-        if sample.label_map is not None:
-            foreground = sample.label_map != 0
-        else:
-            foreground = np.zeros(image.shape[:2], dtype=bool)
-            for _, mask in sample.instances or []:
-                foreground |= mask
-        threshold = background_threshold(entry.cleaning.background_threshold, sample.lossy)
-        background = background_mask(image, threshold, near=foreground)
-        if not background.any():
-            background = None
-    stats = extract_instances(sample.label_map, sample.label_names, sample.instances, background, entry.min_area)
+    field_of_view = None
+    if entry.cleans_background:
+        field_of_view = sample.field_of_view
+        if field_of_view is None:
+            field_of_view = image_field_of_view(image, sample.lossy, entry.cleaning.background_threshold)
+        elif field_of_view.shape != image.shape[:2]:
+            raise ConversionError(f"field of view {field_of_view.shape} does not match the image {image.shape[:2]}")
+    stats = extract_instances(sample.label_map, sample.label_names, sample.instances, field_of_view, entry.min_area)
     for inst in stats.instances:
         if inst.category not in entry.categories:
             raise ConversionError(f"category '{inst.category}' is not in the registry entry", sample.source_file)
     result.samples += 1
     result.cleaned_pixels += stats.cleaned_pixels
+    result.cleaned_instances += stats.cleaned_instances
     result.small_instances += stats.small_dropped
     if not stats.instances:
         result.dropped_empty += 1

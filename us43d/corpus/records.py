@@ -65,6 +65,7 @@ class ItemResult:
     dropped_empty: int = 0
     small_instances: int = 0
     cleaned_pixels: int = 0
+    cleaned_instances: int = 0
 
 
 def stable_id(text: str) -> int:

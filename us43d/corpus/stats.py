@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -15,6 +16,28 @@ from us43d.errors import CorpusError
 class CorpusStats:
     by_dataset: pd.DataFrame  # index: dataset; columns: organ, <split>_images, <split>_instances, images, instances
     by_organ: pd.DataFrame  # index: organ; columns: datasets, images, instances
+    # index: dataset; what the build reported: found, expected, unannotated, cleaned_pixels,
+    # cleaned_instances, problems (from build.json; empty when there is none)
+    build: pd.DataFrame
+
+
+BUILD_COLUMNS = ("items", "expected_images", "unannotated", "cleaned_pixels", "cleaned_instances")
+
+
+def build_reports(out: Path) -> pd.DataFrame:
+    """Per dataset, the build's own counts and its problems, read from OUT/build.json."""
+    path = out / "build.json"
+    if not path.is_file():
+        return pd.DataFrame(columns=[*BUILD_COLUMNS, "problems"])
+    try:
+        datasets = json.loads(path.read_text()).get("datasets", {})
+    except (OSError, ValueError) as exc:
+        raise CorpusError(f"{path} cannot be read ({exc})") from exc
+    rows = {
+        name: {**{c: report.get(c) for c in BUILD_COLUMNS}, "problems": [p["reason"] for p in report.get("problems", [])]}
+        for name, report in datasets.items()
+    }
+    return pd.DataFrame.from_dict(rows, orient="index", columns=[*BUILD_COLUMNS, "problems"])
 
 
 def read_tables(out: Path, columns_images: list[str] | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -43,4 +66,4 @@ def corpus_stats(out: Path) -> CorpusStats:
     table["images"] = sum(table[f"{s}_images"] for s in SPLITS)
     table["instances"] = sum(table[f"{s}_instances"] for s in SPLITS)
     by_organ = table.groupby("organ").agg(datasets=("images", "size"), images=("images", "sum"), instances=("instances", "sum"))
-    return CorpusStats(table.sort_index(key=lambda idx: idx.str.lower()), by_organ)
+    return CorpusStats(table.sort_index(key=lambda idx: idx.str.lower()), by_organ, build_reports(out))

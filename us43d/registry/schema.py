@@ -31,6 +31,11 @@ SourceKind = Literal[
 ]
 SliceAxis = Literal["sagittal", "coronal", "axial", "frames"]
 
+# Field-of-view cleaning by default: a sequence's field of view is estimated reliably from all its
+# frames together; one image's is not (dark anatomy at the edge of a linear scan looks like the
+# outside), and the labels of 2D releases were measured not to spill (README, "Cleaning").
+MODALITY_CLEANS: dict[str, bool] = {"image": False, "video": True, "volume": True}
+
 
 class _Strict(BaseModel):
     """Unknown keys are refused: a typo in a YAML file must not be silently ignored."""
@@ -70,11 +75,15 @@ class Source(_Strict):
 
 
 class Cleaning(_Strict):
-    # Remove mask pixels that lie on the background outside the ultrasound field of view.
-    background_overlap: bool = True
-    # Grey level up to which a pixel counts as background; None picks 0 for lossless sources
-    # and a small tolerance for lossy (JPEG) ones.
+    # Remove mask pixels that lie outside the scan's field of view (us43d/corpus/field_of_view.py).
+    # None takes the modality's default (MODALITY_CLEANS): on for videos and volumes, whose
+    # field of view is estimated from all their frames, off for single images.
+    background_overlap: bool | None = None
+    # Grey level up to which a pixel counts as "no signal" when the field of view is estimated;
+    # None picks 0 for lossless sources and a small tolerance for lossy (JPEG) ones.
     background_threshold: int | None = Field(default=None, ge=0, le=255)
+    # Why this dataset departs from its modality's default, or what was measured on real files.
+    note: str | None = None
 
 
 class Expected(_Strict):
@@ -143,6 +152,12 @@ class DatasetEntry(_Strict):
         if self.modality in ("volume", "video") and self.slicing_axis is None:
             raise ValueError(f"a {self.modality} dataset must name its slicing_axis")
         return self
+
+    @property
+    def cleans_background(self) -> bool:
+        """Whether annotation pixels outside the field of view are removed for this dataset."""
+        configured = self.cleaning.background_overlap
+        return MODALITY_CLEANS[self.modality] if configured is None else configured
 
     def category_id(self, name: str) -> int:
         """COCO category ids are 1-based positions in the registry's category list."""
