@@ -133,3 +133,19 @@ def test_digest_changes_with_content(tmp_path: Path) -> None:
     a = Registry.load([tmp_path]).digest()
     write_entry(tmp_path, minimal_entry(licence="CC BY 4.0"))
     assert Registry.load([tmp_path]).digest() != a
+
+
+def test_every_builtin_entry_says_what_was_verified_on_real_files() -> None:
+    registry = Registry.load()
+    for entry in registry:
+        assert entry.verified.real_files or entry.verified.documentation_only, entry.id
+    levels = {e.id: e.verified.level for e in registry}
+    assert levels["HC18"] == levels["BUS-UCLM"] == "real files" and levels["FASS"] == "documentation"
+    assert "| real files | off |" in render_datasets_md(registry)
+
+
+def test_cleaning_defaults_follow_the_modality_and_entries_can_switch_it() -> None:
+    registry = Registry.load()
+    assert not registry.get("HC18").cleans_background  # image
+    assert registry.get("CAMUS").cleans_background and registry.get("regPro").cleans_background  # video, volume
+    assert registry.get("DDTI").cleans_background and registry.get("DDTI").cleaning.note  # switched on, with why

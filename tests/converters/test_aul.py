@@ -25,5 +25,8 @@ def test_fake_tree(tmp_path: Path, rng: np.random.Generator) -> None:
     assert result.item_errors == [] and result.reports["AUL"].images == 4 and result.reports["AUL"].instances == 11
     rows = {c: m for c, *_, m in found["Malignant/Malignant/image/3.jpg"]}
     assert set(rows) == {"liver", "liver mass", "liver outline"}
-    np.testing.assert_array_equal(rows["liver mass"], polygons_to_mask([[v for p in MASS for v in p]], 60, 80, "m"))
+    np.testing.assert_array_equal(rows["liver mass"], polygons_to_mask([[v for p in MASS for v in p]], 60, 80, "m", "centres"))
+    liver = np.zeros((60, 80), bool)
+    liver[10:51, 10:71] = True  # vertices on pixel centres: the rectangle's corner pixels are in, nothing beyond
+    np.testing.assert_array_equal(rows["liver"], liver)
     assert "liver mass" not in {c for c, *_ in found["Normal/Normal/image/4.jpg"]}

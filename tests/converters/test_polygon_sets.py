@@ -6,25 +6,36 @@ from pathlib import Path
 import numpy as np
 
 from helpers import built_instances, ellipse, write_pair
-from us43d.converters.readers import polygons_to_mask
 
 NERVE = [[10, 10], [30, 10], [30, 25], [10, 25]]
 ARTERY = [[40, 30], [60, 30], [50, 50]]
 
 
 def test_ubpd(tmp_path: Path, rng: np.random.Generator) -> None:
+    """The real release's shapes: `images/<patient>_<frame>.jpg`, `labels/json_train/<same>.json`
+    (LabelMe, vertices on pixel centres), some JSONs GBK-encoded, `imagePath` naming another frame."""
     raw = tmp_path / "raw" / "UBPD"
-    for n in range(3):
-        write_pair(rng, raw / "JPEGImages" / f"{n}.jpg", None)
+    for stem in ("7_10", "7_20", "12_0"):
+        write_pair(rng, raw / "images" / f"{stem}.jpg", None)
         shapes = [{"label": "shenjing", "points": NERVE, "shape_type": "polygon"}, {"label": "dongmai", "points": ARTERY}]
-        (raw / "json_train").mkdir(parents=True, exist_ok=True)
-        (raw / "json_train" / f"{n}.json").write_bytes(json.dumps({"shapes": shapes, "imagePath": "\u795e\u7ecf"}).encode())
-    (raw / "json_train" / "2.json").write_text(json.dumps({"shapes": [{"label": "xinzang", "points": NERVE}]}))
+        (raw / "labels" / "json_train").mkdir(parents=True, exist_ok=True)
+        document = {"version": "3.16.7", "shapes": shapes, "imagePath": "7_30.jpg", "imageData": None}
+        (raw / "labels" / "json_train" / f"{stem}.json").write_text(json.dumps(document))
+    gbk = json.dumps({"shapes": [{"label": "shenjing", "points": NERVE}], "imagePath": "2-1-标定.tif"}, ensure_ascii=False)
+    (raw / "labels" / "json_train" / "7_20.json").write_bytes(gbk.encode("gbk"))
+    write_pair(rng, raw / "images" / "9_1.jpg", None)
+    (raw / "labels" / "json_train" / "9_1.json").write_text(json.dumps({"shapes": [{"label": "xinzang", "points": NERVE}]}))
     result, found = built_instances(tmp_path / "raw", tmp_path / "out", "UBPD")
-    assert [(e["file"], e["reason"]) for e in result.item_errors] == [("json_train/2.json", "unknown label 'xinzang'")]
-    rows = {c: m for c, *_, m in found["JPEGImages/1.jpg"]}
-    np.testing.assert_array_equal(rows["nerve"], polygons_to_mask([[v for p in NERVE for v in p]], 60, 80, "n"))
+    assert [(e["file"], e["reason"]) for e in result.item_errors] == [("labels/json_train/9_1.json", "unknown label 'xinzang'")]
+    rows = {c: (m, g) for c, _, g, m in found["images/7_10.jpg"]}
     assert set(rows) == {"nerve", "artery"}
+    nerve = np.zeros((60, 80), bool)
+    nerve[10:26, 10:31] = True  # LabelMe fills the polygon and draws its outline through the vertex pixels
+    np.testing.assert_array_equal(rows["nerve"][0], nerve)
+    assert [c for c, *_ in found["images/7_20.jpg"]] == ["nerve"]  # the GBK file
+    groups = {g for rows in found.values() for _, _, g, _ in rows}
+    assert groups == {"7", "12"}  # frames of one patient's scan share a group
+    assert len({s for key in ("images/7_10.jpg", "images/7_20.jpg") for _, s, _, _ in found[key]}) == 1
 
 
 def test_fass(tmp_path: Path, rng: np.random.Generator) -> None:

@@ -35,23 +35,39 @@ def test_acouslic(tmp_path: Path, rng: np.random.Generator) -> None:
 
 
 def test_cardiac_udc_fills_contours_and_drops_slips(tmp_path: Path, rng: np.random.Generator) -> None:
-    site = tmp_path / "raw" / "CardiacUDC" / "cardiacUDC_dataset" / "Site_G_20"
-    site.mkdir(parents=True)
+    """Names as the release has them: `patient1-4`, `patient-1-4`, `normal-23-4` (the last number is
+    the view), `.nii.gz` and `.nii`, videos without a label file, label values meaning per view."""
+    root = tmp_path / "raw" / "CardiacUDC" / "cardiacUDC_dataset"
     ventricle = ellipse((40, 50), (20, 25), (10, 12))
     outline = ventricle & ~ndimage.binary_erosion(ventricle)
-    for patient in ("p1", "p2"):
-        video = rng.integers(1, 255, (50, 40, 4), dtype=np.uint8)  # (x, y, t)
+
+    def clip(folder: str, video: str, suffix: str = ".nii.gz", value: int = 1, labelled: bool = True) -> None:
+        (root / folder).mkdir(parents=True, exist_ok=True)
+        frames = rng.integers(1, 255, (50, 40, 4), dtype=np.uint8)  # (x, y, t)
+        nib.save(nib.Nifti1Image(frames, np.eye(4)), root / folder / f"{video}_image{suffix}")
+        if not labelled:
+            return
         labels = np.zeros((50, 40, 4), np.uint8)
-        labels[..., 0] = outline.T  # a contour-only frame
-        labels[..., 1] = ventricle.T * 1
-        labels[0, 0, 2] = 4  # one stray pixel: below 2.5 % of the frame
-        nib.save(nib.Nifti1Image(video, np.eye(4)), site / f"{patient}_image.nii.gz")
-        nib.save(nib.Nifti1Image(labels, np.eye(4)), site / f"{patient}_label.nii.gz")
+        labels[..., 0] = outline.T * value  # a contour-only frame
+        labels[..., 1] = ventricle.T * value
+        labels[0, 0, 2] = value  # one stray pixel: below 2.5 % of the frame
+        nib.save(nib.Nifti1Image(labels, np.eye(4)), root / folder / f"{video}_label{suffix}")
+
+    clip("Site_G_100", "patient1-4")
+    clip("Site_G_20", "patient-1-4", suffix=".nii", value=2)  # another patient 1; view 4: 2 = left atrium
+    clip("Site_G_20", "patient-1-2")  # view 2: 1 = pulmonary artery
+    clip("Site_R_73", "normal-23-4", labelled=False)
     result, found = built_instances(tmp_path / "raw", tmp_path / "out", "CardiacUDC")
-    assert result.item_errors == [] and result.reports["CardiacUDC"].images == 4
-    rows = found["cardiacUDC_dataset/Site_G_20/p1_image.nii.gz"]
-    assert all(c == "left ventricle" for c, *_ in rows)
+    report = result.reports["CardiacUDC"]
+    assert result.item_errors == [] and (report.images, report.unannotated) == (6, 1)
+    rows = found["cardiacUDC_dataset/Site_G_100/patient1-4_image.nii.gz"]
+    assert {(c, g) for c, _, g, _ in rows} == {("left ventricle", "Site_G_100/patient1")}
     np.testing.assert_array_equal(rows[0][3], ventricle[::-1, ::-1])  # filled and turned 180 degrees
+    atrium = found["cardiacUDC_dataset/Site_G_20/patient-1-4_image.nii"]
+    artery = found["cardiacUDC_dataset/Site_G_20/patient-1-2_image.nii.gz"]
+    assert {(c, g) for c, _, g, _ in atrium} == {("left atrium", "Site_G_20/patient-1")}
+    assert {(c, g) for c, _, g, _ in artery} == {("pulmonary artery", "Site_G_20/patient-1")}
+    assert len({s for rows in (atrium, artery) for _, s, _, _ in rows}) == 1  # one patient, one split
 
 
 def test_echocp(tmp_path: Path, rng: np.random.Generator) -> None:

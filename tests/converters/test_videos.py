@@ -6,7 +6,6 @@ import h5py
 import numpy as np
 
 from helpers import built_instances, ellipse, jpeg_truth, write_pair, write_video
-from us43d.converters.readers import polygons_to_mask
 
 
 def frames(rng: np.random.Generator, count: int, shape=(48, 64)) -> list[np.ndarray]:
@@ -22,35 +21,43 @@ def test_echonet_dynamic(tmp_path: Path, rng: np.random.Generator) -> None:
             rows.append(f"{name}.avi,30,5,30,40,{frame}")  # long axis, dropped
             rows += [f"{name}.avi,20,{y},40,{y},{frame}" for y in (10, 20, 30)]  # chords
     rows.append("0X9Z.avi,1,1,2,2,0")  # a tracing whose video is missing
+    rows += ["0X3C,30,5,30,40,7", "0X3C,20,10,40,10,7", "0X3C,20,20,40,20,7"]  # a FileName without .avi
     (root / "VolumeTracings.csv").write_text("\n".join(rows) + "\n")
     (root / "FileList.csv").write_text("FileName,EF,Split\n0X1A,50,TRAIN\n0X2B,60,VAL\n0X3C,55,TEST\n")
     result, found = built_instances(tmp_path / "raw", tmp_path / "out", "EchoNet-Dynamic")
     assert [e["reason"] for e in result.item_errors] == ["video named in VolumeTracings.csv is missing"]
-    assert result.reports["EchoNet-Dynamic"].images == 6
+    assert result.reports["EchoNet-Dynamic"].images == 7
     ((category, split, group, mask),) = found["EchoNet-Dynamic/Videos/0X3C.avi"][:1]
     assert (category, split, group) == ("left ventricle", "test", "0X3C")
-    outline = [20, 10, 20, 20, 20, 30, 40, 30, 40, 20, 40, 10]
-    np.testing.assert_array_equal(mask, polygons_to_mask([outline], 48, 64, "t"))
+    ventricle = np.zeros((48, 64), bool)
+    ventricle[10:31, 20:41] = True  # chord ends on pixel centres: the corner pixels are inside, nothing beyond
+    np.testing.assert_array_equal(mask, ventricle)
     frames_seen = (tmp_path / "out" / "coco" / "EchoNet-Dynamic" / "test.json").read_text()
-    assert '"frame":2' in frames_seen and '"frame":6' in frames_seen
+    assert '"frame":2' in frames_seen and '"frame":6' in frames_seen and '"frame":7' in frames_seen
 
 
 def test_echonet_pediatric(tmp_path: Path, rng: np.random.Generator) -> None:
     root = tmp_path / "raw" / "EchoNet-Pediatric" / "pediatric_echo_avi" / "pediatric_echo_avi"
     square = [(10, 10), (40, 10), (40, 35), (10, 35)]
-    for view in ("A4C", "PSAX"):
+    names = {"A4C": ("CR32a95c7-CR32a9783-000064", "CR0000001-CR0000002-000003"), "PSAX": ("CR32a95c7-CR32a97ff-000012",)}
+    for view, videos in names.items():
         rows = ["FileName,X,Y,Frame"]
-        for name in ("CR1", "CR2"):
+        for name in videos:
             write_video(root / view / "Videos" / f"{name}.avi", frames(rng, 6))
             rows += [f"{name}.avi,{x},{y},3" for x, y in square]
             rows.append(f"{name}.avi,,,No Systolic")
         (root / view / "VolumeTracings.csv").write_text("\n".join(rows) + "\n")
     result, found = built_instances(tmp_path / "raw", tmp_path / "out", "EchoNet-Pediatric")
-    assert result.item_errors == [] and result.reports["EchoNet-Pediatric"].images == 4
-    ((category, _, group, mask),) = found["pediatric_echo_avi/pediatric_echo_avi/PSAX/Videos/CR2.avi"]
-    assert (category, group) == ("left ventricle", "PSAX/CR2")
-    np.testing.assert_array_equal(mask, polygons_to_mask([[v for p in square for v in p]], 48, 64, "t"))
-    assert '"frame":2' in next((tmp_path / "out" / "coco" / "EchoNet-Pediatric").glob("*.json")).read_text()  # 1-based 3
+    assert result.item_errors == [] and result.reports["EchoNet-Pediatric"].images == 3
+    ((category, split, group, mask),) = found["pediatric_echo_avi/pediatric_echo_avi/PSAX/Videos/CR32a95c7-CR32a97ff-000012.avi"]
+    assert (category, group) == ("left ventricle", "CR32a95c7")  # the patient, across views
+    (_, a4c_split, a4c_group, _) = found["pediatric_echo_avi/pediatric_echo_avi/A4C/Videos/CR32a95c7-CR32a9783-000064.avi"][0]
+    assert (a4c_split, a4c_group) == (split, group)
+    ventricle = np.zeros((48, 64), bool)
+    ventricle[10:36, 10:41] = True
+    np.testing.assert_array_equal(mask, ventricle)
+    text = "".join(p.read_text() for p in (tmp_path / "out" / "coco" / "EchoNet-Pediatric").glob("*.json"))
+    assert '"frame":3' in text and '"frame":2' not in text  # Frame is a 0-based index
 
 
 def test_brachial_plexus(tmp_path: Path, rng: np.random.Generator) -> None:

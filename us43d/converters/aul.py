@@ -1,6 +1,6 @@
 """AUL: `<Class>/image/<n>.jpg` with polygon files `<Class>/segmentation/{liver,mass,outline}/<n>.json`
-(a plain list of [x, y] vertices each), for the classes Benign, Malignant and Normal. Each
-polygon is one instance; pathology is not a category."""
+(a plain list of [x, y] vertices on pixel centres), for the classes Benign, Malignant and
+Normal. Each polygon is one instance; pathology is not a category."""
 
 from __future__ import annotations
 
@@ -46,5 +46,5 @@ def read_item(raw: Path, item: Item, entry: DatasetEntry) -> Iterator[Sample]:
         except (OSError, ValueError, TypeError) as exc:
             raise ConversionError(f"not a polygon file ({exc})", polygon_file) from exc
         category = STRUCTURES[Path(polygon_file).parent.name]
-        instances.append((category, polygons_to_mask([flat], height, width, polygon_file)))
+        instances.append((category, polygons_to_mask([flat], height, width, polygon_file, "centres")))
     yield Sample(item.key, image.pixels, item.source_file, instances=instances, lossy=image.lossy)

@@ -1,5 +1,6 @@
-"""FASS: `IMAGES/<stem>.png` with `ARRAY_FORMAT/<stem>.npy`, a pickled dictionary whose key
-`structures` maps artery, liver, stomach and vein to binary arrays (they may overlap).
+"""FASS: `IMAGES/P<patient>_IMG<n>.png` with `ARRAY_FORMAT/<same>.npy`, a pickled dictionary whose
+key `structures` maps artery, liver, stomach and vein to binary arrays (they may overlap). Images
+of one patient (`P<patient>`) form a group.
 
 Reading it needs pickle, which can run code from the file: it is allowed here, for this one
 dataset's files, because the release offers no other format. Nothing else in us43d unpickles.
@@ -22,7 +23,7 @@ def list_items(raw: Path, entry: DatasetEntry) -> Iterator[Item]:
     images = files_by_stem(find_folder(raw, "IMAGES"), (".png",))
     arrays = files_by_stem(find_folder(raw, "ARRAY_FORMAT"), (".npy",))
     for key, files, problem in pair_files(raw, images, arrays):
-        yield Item(key, files, problem=problem)
+        yield Item(key, files, group=key.split("_")[0], problem=problem)
 
 
 def read_item(raw: Path, item: Item, entry: DatasetEntry) -> Iterator[Sample]:

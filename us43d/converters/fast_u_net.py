@@ -1,7 +1,8 @@
 """Fast U-Net fetal biometry: the repository's RAR archives extracted under `Dataset/AC/` and
 `Dataset/HC/`; files under a folder named like `mask` are masks. AC masks share the image's
 name; HC masks are `<stem>_Annotation.png` (HC18 naming). Masks are thresholded at half range
-(the numbered AC masks carry lossy grey noise) and hole-filled (in case HC masks are outlines).
+(the numbered AC masks carry lossy grey noise; the `fa_` ones are 1-bit) and filled as ellipse
+outlines, closed along the border where they run out of the image (HC masks may be outlines).
 HC images of one examination share the number before the first underscore."""
 
 from __future__ import annotations
@@ -32,4 +33,4 @@ def list_items(raw: Path, entry: DatasetEntry) -> Iterator[Item]:
 def read_item(raw: Path, item: Item, entry: DatasetEntry) -> Iterator[Sample]:
     image = read_image(raw / item.files[0])
     mask = read_binary_mask(raw / item.files[1], image.pixels.shape[:2])
-    yield one_class_sample(item, image, filled_outline(mask), entry.categories[0])
+    yield one_class_sample(item, image, filled_outline(mask, close_at_border=True), entry.categories[0])

@@ -1,6 +1,7 @@
 """HC18: `training_set/<NNN>_<k>HC.png` with `<stem>_Annotation.png`, an outline of the fitted
-head ellipse that is filled to give the head region. Images of one examination share <NNN>.
-The test set has no annotations and is not read."""
+head ellipse that is filled to give the head region; the four outlines of the release that run
+out of the image (186_HC, 346_HC, 628_2HC, 787_HC) are closed along the border first. Images of
+one examination share <NNN>. The test set has no annotations and is not read."""
 
 from __future__ import annotations
 
@@ -24,4 +25,4 @@ def list_items(raw: Path, entry: DatasetEntry) -> Iterator[Item]:
 def read_item(raw: Path, item: Item, entry: DatasetEntry) -> Iterator[Sample]:
     image = read_image(raw / item.files[0])
     outline = read_binary_mask(raw / item.files[1], image.pixels.shape[:2])
-    yield one_class_sample(item, image, filled_outline(outline), entry.categories[0])
+    yield one_class_sample(item, image, filled_outline(outline, close_at_border=True), entry.categories[0])

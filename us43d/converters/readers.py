@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 from PIL import Image
@@ -118,13 +118,15 @@ def _full_value(values: np.ndarray) -> int:
     return 65535 if values.dtype == np.uint16 else 255
 
 
-def _check_resize(path: Path | str, mask_shape: tuple[int, ...], shape: tuple[int, int], allow: bool) -> None:
+def _check_resize(
+    path: Path | str, mask_shape: tuple[int, ...], shape: tuple[int, int], allow: bool, any_aspect: bool = False
+) -> None:
     if tuple(mask_shape[:2]) == tuple(shape):
         return
     (mh, mw), (h, w) = mask_shape[:2], shape
     if not allow:
         raise _fail(path, f"mask is {mw}x{mh} but its image is {w}x{h}")
-    if abs(mw / mh - w / h) > MAX_ASPECT_MISMATCH * (w / h):
+    if not any_aspect and abs(mw / mh - w / h) > MAX_ASPECT_MISMATCH * (w / h):
         raise _fail(path, f"mask is {mw}x{mh}, image {w}x{h}: aspect ratios differ, refusing to resize")
 
 
@@ -210,37 +212,90 @@ def read_colour_mask(
     colours: Mapping[tuple[int, int, int], int],
     tolerance: int = 0,
     max_unmatched_share: float = 0.01,
+    stretched: bool = False,
 ) -> np.ndarray:
     """Label map from a colour-coded mask; black is background.
 
-    With a tolerance, each pixel takes the label of a colour within that distance per channel
-    (for JPEG-compressed colour masks). More than `max_unmatched_share` of pixels matching no
-    colour means the colour table is wrong for this file, which is an error, not background.
+    Each pixel takes the label of the nearest colour (black included, largest channel
+    difference) within `tolerance`: anti-aliased edges, a tinted background or a legend colour
+    drawn a shade off all land where they belong. More than `max_unmatched_share` of pixels
+    far from every colour means the colour table is wrong for this file, which is an error,
+    not background. A mask drawn on the image stretched to another size (`stretched`) is
+    brought back to the image's size by nearest neighbour, whatever its aspect ratio.
     """
     with _open(path) as image:
         rgb = np.asarray(image.convert("RGB")).astype(np.int16)
-    _check_resize(path, rgb.shape, shape, allow=False)
-    labels = np.zeros(rgb.shape[:2], dtype=np.int32)
-    matched = np.abs(rgb).max(axis=2) <= tolerance
-    for colour, value in colours.items():
-        hit = np.abs(rgb - np.asarray(colour, dtype=np.int16)).max(axis=2) <= tolerance
-        labels[hit & ~matched] = value
-        matched |= hit
+    _check_resize(path, rgb.shape, shape, allow=stretched, any_aspect=stretched)
+    table = np.asarray([(0, 0, 0), *colours], dtype=np.int16)
+    values = np.asarray([0, *colours.values()], dtype=np.int32)
+    distance = np.abs(rgb[:, :, None, :] - table[None, None, :, :]).max(axis=3)  # (H, W, colours)
+    nearest = distance.argmin(axis=2)
+    matched = np.take_along_axis(distance, nearest[..., None], axis=2)[..., 0] <= tolerance
     unmatched = int(np.count_nonzero(~matched))
     if unmatched > max_unmatched_share * matched.size:
-        raise _fail(path, f"{unmatched} pixels match none of the colours {sorted(colours)}")
+        raise _fail(path, f"{unmatched} pixels match none of the colours {sorted(colours)} within {tolerance}")
+    labels = np.where(matched, values[nearest], 0).astype(np.int32)
+    if labels.shape != tuple(shape):
+        labels = np.asarray(Image.fromarray(labels).resize((shape[1], shape[0]), Image.Resampling.NEAREST))
     return labels
 
 
-def polygons_to_mask(polygons: Sequence[Sequence[float]], height: int, width: int, path: Path | str) -> np.ndarray:
-    """Rasterise COCO-style polygons ([x0, y0, x1, y1, ...]) into one boolean mask."""
-    from pycocotools import mask as mask_utils
+PolygonConvention = Literal["coco", "centres", "labelme"]
 
-    rings = [list(map(float, p)) for p in polygons if len(p) >= 6 and len(p) % 2 == 0]
+
+def polygons_to_mask(
+    polygons: Sequence[Sequence[float]], height: int, width: int, path: Path | str, convention: PolygonConvention = "coco"
+) -> np.ndarray:
+    """Rasterise polygons ([x0, y0, x1, y1, ...]) into one boolean mask, the way their source meant.
+
+    - "coco": COCO files, whose coordinates put pixel (0, 0) between 0 and 1 (pycocotools);
+    - "centres": vertices on pixel centres (tracings, point lists): a pixel belongs when its
+      centre is inside the polygon or on its outline, as scikit-image's `draw.polygon` decides;
+    - "labelme": LabelMe files, drawn as LabelMe itself does (filled polygon plus its outline).
+    Rasterising centre coordinates as COCO's would move every mask half a pixel up and left.
+    """
+    rings = [np.asarray(list(map(float, p)), dtype=np.float64) for p in polygons if len(p) >= 6 and len(p) % 2 == 0]
     if not rings:
         raise _fail(path, "polygon with fewer than three points")
-    rles = mask_utils.frPyObjects(rings, height, width)
-    return mask_utils.decode(mask_utils.merge(rles)).astype(bool)
+    if any(not np.isfinite(ring).all() for ring in rings):
+        raise _fail(path, "polygon holds NaN or infinite coordinates")
+    if convention == "coco":
+        from pycocotools import mask as mask_utils
+
+        rles = mask_utils.frPyObjects([ring.tolist() for ring in rings], height, width)
+        return mask_utils.decode(mask_utils.merge(rles)).astype(bool)
+    mask = np.zeros((height, width), dtype=bool)
+    for ring in rings:
+        xs, ys = ring[0::2], ring[1::2]
+        if convention == "centres":
+            mask |= _centres_inside(xs, ys, height, width)
+        else:
+            from PIL import ImageDraw
+
+            canvas = Image.new("1", (width, height), 0)
+            ImageDraw.Draw(canvas).polygon(list(zip(xs.tolist(), ys.tolist())), fill=1, outline=1)
+            mask |= np.asarray(canvas, dtype=bool)
+    return mask
+
+
+def _centres_inside(xs: np.ndarray, ys: np.ndarray, height: int, width: int) -> np.ndarray:
+    """Pixels whose centre lies inside the polygon (even-odd rule) or on its outline."""
+    mask = np.zeros((height, width), dtype=bool)
+    x0, x1 = max(int(np.floor(xs.min())), 0), min(int(np.ceil(xs.max())), width - 1)
+    y0, y1 = max(int(np.floor(ys.min())), 0), min(int(np.ceil(ys.max())), height - 1)
+    if x0 > x1 or y0 > y1:
+        return mask
+    py, px = np.mgrid[y0 : y1 + 1, x0 : x1 + 1].astype(np.float64)
+    inside = np.zeros(px.shape, dtype=bool)
+    on_outline = np.zeros(px.shape, dtype=bool)
+    for ax, ay, bx, by in zip(xs, ys, np.roll(xs, -1), np.roll(ys, -1)):
+        if ay != by:
+            crossing = ax + (py - ay) * (bx - ax) / (by - ay)
+            inside ^= ((ay > py) != (by > py)) & (px < crossing)
+        along = (np.minimum(ax, bx) <= px) & (px <= np.maximum(ax, bx)) & (np.minimum(ay, by) <= py) & (py <= np.maximum(ay, by))
+        on_outline |= along & (np.abs((bx - ax) * (py - ay) - (by - ay) * (px - ax)) <= 1e-9)
+    mask[y0 : y1 + 1, x0 : x1 + 1] = inside | on_outline
+    return mask
 
 
 # --- volumes and videos ---------------------------------------------------------------------
@@ -358,10 +413,23 @@ def connected_components(mask: np.ndarray) -> list[np.ndarray]:
     return parts
 
 
-def filled_outline(mask: np.ndarray) -> np.ndarray:
-    """A closed outline (an ellipse drawn as a line) turned into the region it encloses."""
+def filled_outline(mask: np.ndarray, close_at_border: bool = False) -> np.ndarray:
+    """A closed outline (an ellipse drawn as a line) turned into the region it encloses.
+
+    An outline of a structure that runs out of the image is cut open by the border, and filling
+    it would leave the thin line. With `close_at_border`, each image side that the outline
+    touches in several places is joined between its outermost touches first, closing the ring
+    along the edge. Only for outlines: a filled region touching one side twice (a U) would have
+    its gap closed too.
+    """
     from scipy import ndimage
 
+    if close_at_border:
+        mask = mask.copy()
+        for side in (mask[0], mask[-1], mask[:, 0], mask[:, -1]):  # views: writes go to `mask`
+            touches = np.flatnonzero(side)
+            if touches.size and np.any(np.diff(touches) > 1):
+                side[touches[0] : touches[-1] + 1] = True
     return ndimage.binary_fill_holes(mask)
 
 

@@ -14,6 +14,11 @@ Access: **open** downloads without an account; **credentials** needs an account 
 **manual** needs a person (a form, an agreement, a cloud-drive page), after which
 `us43d fetch ID --from FILE` imports the file.
 
+Verified: **real files** when the converter was checked on real files of the release,
+**partly** when some of it still rests on documentation, **documentation** when nothing has met
+a real file yet. Each section below says what was checked and what was not. Cleaning: whether
+annotation pixels outside the scan's field of view are removed (see the README).
+
 """
 
 
@@ -29,17 +34,28 @@ def _expected(entry: DatasetEntry) -> str:
     return f"{entry.expected.images:,}" if entry.expected.images is not None else "?"
 
 
+def _cleaning(entry: DatasetEntry) -> str:
+    state = "on" if entry.cleans_background else "off"
+    origin = f"the {entry.modality} default" if entry.cleaning.background_overlap is None else "set by the entry"
+    note = f" {entry.cleaning.note.strip()}" if entry.cleaning.note else ""
+    return f"{state} ({origin}).{note}"
+
+
 def render_datasets_md(registry: Registry) -> str:
     entries = list(registry)
     lines = [HEADER]
     organs = sorted({e.organ for e in entries})
     lines.append(f"{len(entries)} datasets, {len(organs)} organ groups ({', '.join(organs)}).\n\n")
-    lines.append("| id | organ | application | modality | access | categories | official test split | images | licence |\n")
-    lines.append("|---|---|---|---|---|---|---|---|---|\n")
+    lines.append(
+        "| id | organ | application | modality | access | categories | official test split | images | licence "
+        "| verified | cleaning |\n"
+    )
+    lines.append("|---|---|---|---|---|---|---|---|---|---|---|\n")
     for e in entries:
         lines.append(
             f"| [{e.id}](#{e.id.lower()}) | {e.organ} | {_cell(e.application)} | {e.modality} | {e.access} | "
-            f"{_cell(', '.join(e.categories))} | {_cell(_test(e))} | {_expected(e)} | {_cell(e.licence)} |\n"
+            f"{_cell(', '.join(e.categories))} | {_cell(_test(e))} | {_expected(e)} | {_cell(e.licence)} "
+            f"| {e.verified.level} | {'on' if e.cleans_background else 'off'} |\n"
         )
     for e in entries:
         lines.append(f"\n## {e.id}\n\n**{_cell(e.name)}**\n\n{e.description.strip()}\n\n")
@@ -62,4 +78,9 @@ def render_datasets_md(registry: Registry) -> str:
                 lines.append(f"  - note: {source.note}\n")
         if e.notes:
             lines.append(f"- notes: {e.notes.strip()}\n")
+        lines.append(f"- cleaning: {_cleaning(e)}\n")
+        if e.verified.real_files:
+            lines.append(f"- verified on real files: {e.verified.real_files.strip()}\n")
+        if e.verified.documentation_only:
+            lines.append(f"- from documentation only: {e.verified.documentation_only.strip()}\n")
     return "".join(lines)

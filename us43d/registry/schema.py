@@ -92,6 +92,20 @@ class Expected(_Strict):
     note: str | None = None
 
 
+class Verification(_Strict):
+    """How far an entry is known to match the release: what was checked on real files (which
+    files, from where, with what result) and what still rests on documentation alone."""
+
+    real_files: str | None = None
+    documentation_only: str | None = None
+
+    @property
+    def level(self) -> str:
+        if self.real_files and not self.documentation_only:
+            return "real files"
+        return "partly" if self.real_files else "documentation"
+
+
 class TestSplit(_Strict):
     kind: Literal["official", "none"]
     how: str | None = None
@@ -124,6 +138,7 @@ class DatasetEntry(_Strict):
     expected: Expected = Expected()
     test_split: TestSplit
     group_by: str | None = Field(default=None, description="what identifies a group (patient, video, volume)")
+    verified: Verification = Verification()
     notes: str | None = None
 
     @field_validator("id")
