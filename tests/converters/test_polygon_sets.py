@@ -43,8 +43,8 @@ def test_fass(tmp_path: Path, rng: np.random.Generator) -> None:
     root = tmp_path / "raw" / "FASS" / title / title
     stomach = ellipse((60, 80), (30, 30), (8, 8))
     liver = ellipse((60, 80), (30, 50), (15, 20))  # overlaps the stomach: both kept
-    for n in range(3):
-        write_pair(rng, root / "IMAGES" / f"img{n}.png", None)
+    for name in ("P010_IMG1", "P010_IMG2", "P011_IMG1"):
+        write_pair(rng, root / "IMAGES" / f"{name}.png", None)
         (root / "ARRAY_FORMAT").mkdir(exist_ok=True)
         structures = {
             "artery": np.zeros((60, 80), np.uint8),
@@ -52,9 +52,11 @@ def test_fass(tmp_path: Path, rng: np.random.Generator) -> None:
             "stomach": stomach.astype(np.uint8),
             "vein": np.zeros((60, 80), np.uint8),
         }
-        np.save(root / "ARRAY_FORMAT" / f"img{n}.npy", {"structures": structures}, allow_pickle=True)
+        np.save(root / "ARRAY_FORMAT" / f"{name}.npy", {"image": np.zeros((60, 80)), "structures": structures}, allow_pickle=True)
     result, found = built_instances(tmp_path / "raw", tmp_path / "out", "FASS")
     assert result.item_errors == [] and result.reports["FASS"].instances == 6
-    rows = {c: m for c, *_, m in found[f"{title}/{title}/IMAGES/img1.png"]}
+    rows = {c: m for c, *_, m in found[f"{title}/{title}/IMAGES/P010_IMG2.png"]}
+    groups = {name: {g for _, _, g, _ in found[f"{title}/{title}/IMAGES/{name}.png"]} for name in ("P010_IMG1", "P011_IMG1")}
+    assert groups == {"P010_IMG1": {"P010"}, "P011_IMG1": {"P011"}}  # images of one patient stay together
     np.testing.assert_array_equal(rows["stomach"], stomach)
     np.testing.assert_array_equal(rows["liver"], liver)

@@ -127,3 +127,60 @@ def test_fast_u_net_and_regpro(tmp_path: Path, rng: np.random.Generator) -> None
                 nib.save(nib.Nifti1Image(array, np.eye(4)), root / part / folder / f"{case}.nii.gz")
     result, found = built_instances(tmp_path / "raw", tmp_path / "out2", "regPro")
     assert result.item_errors == [] and result.reports["regPro"].images == 8 and result.reports["regPro"].instances == 12
+
+
+def test_echonet_cavity_on_the_sector_edge_is_kept_and_spill_is_cleaned(tmp_path: Path, rng: np.random.Generator) -> None:
+    """A traced frame whose ventricle blood pool is black and opens onto the black outside of the
+    sector (as on a real EchoNet-Dynamic frame): the field of view comes from all the frames of
+    the video, so the cavity is kept whole; a tracing that runs past the sector is cut at its edge."""
+    from us43d.corpus.field_of_view import image_field_of_view
+    from us43d.demo import fan_mask
+
+    shape = (80, 96)
+    fan = fan_mask(*shape)
+    rows_, cols_ = np.nonzero(fan)
+    bottom = int(rows_.max())
+    left = int(cols_[rows_ == bottom].min())  # where the sector's arc meets its left side
+    top = bottom - 15
+    cavity = np.zeros(shape, bool)
+    cavity[top : bottom + 1, left : left + 14] = True
+    cavity &= fan
+    clip = []
+    for index in range(10):
+        grey = np.where(fan, np.clip(rng.rayleigh(60, shape), 30, 255), 0).astype(np.uint8)
+        if index == 4:
+            grey[cavity] = 0  # the traced frame: the pool is as black as the outside
+        clip.append(np.dstack([grey] * 3))
+    root = tmp_path / "raw" / "EchoNet-Dynamic" / "EchoNet-Dynamic"
+    write_video(root / "Videos" / "0XAA.avi", clip, codec="ffv1")
+    corners = [(left, top), (left + 13, top), (left + 13, bottom), (left, bottom)]
+    spill = [(left - 8, 55), (left + 6, 55), (left + 6, 65), (left - 8, 65)]  # runs past the sector's side
+    rows = ["FileName,X1,Y1,X2,Y2,Frame", f"0XAA.avi,{left},{top},{left},{bottom},4"]
+    rows += [f"0XAA.avi,{a[0]},{a[1]},{b[0]},{b[1]},4" for a, b in ((corners[0], corners[1]), (corners[3], corners[2]))]
+    rows += [f"0XAA.avi,{spill[0][0]},55,{spill[0][0]},65,6"]
+    rows += [f"0XAA.avi,{a[0]},{a[1]},{b[0]},{b[1]},6" for a, b in ((spill[0], spill[1]), (spill[3], spill[2]))]
+    (root / "VolumeTracings.csv").write_text("\n".join(rows) + "\n")
+    result, found = built_instances(tmp_path / "raw", tmp_path / "out", "EchoNet-Dynamic")
+    assert result.item_errors == []
+    masks = {frame: mask for frame, mask in _frames_of(tmp_path / "out", "EchoNet-Dynamic").items()}
+    pool = np.zeros(shape, bool)
+    pool[top : bottom + 1, left : left + 14] = True
+    assert masks[4][pool & fan].all() and not masks[4][~pool].any()  # nothing of the black cavity is cut
+    one_frame = image_field_of_view(clip[4], lossy=True)
+    assert np.count_nonzero(pool & fan & ~one_frame) > 10  # which that frame alone could not have told
+    traced = np.zeros(shape, bool)
+    traced[55:66, left - 8 : left + 7] = True
+    assert masks[6][traced & fan].all() and not masks[6][~fan].any()  # cut at the sector's edge, nothing inside lost
+    assert masks[6][traced & fan].all()
+
+
+def _frames_of(out: Path, dataset: str) -> dict[int, np.ndarray]:
+    from helpers import decode, load_json
+
+    masks = {}
+    for path in sorted((out / "coco" / dataset).glob("*.json")):
+        doc = load_json(path)
+        frames = {i["id"]: i["frame"] for i in doc["images"]}
+        for annotation in doc["annotations"]:
+            masks[frames[annotation["image_id"]]] = decode(annotation)
+    return masks

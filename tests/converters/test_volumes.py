@@ -6,7 +6,7 @@ import nibabel as nib
 import numpy as np
 import SimpleITK as sitk
 
-from helpers import built_instances, ellipse
+from helpers import built_instances, decode, ellipse, load_json
 
 
 def volume_pair(rng: np.random.Generator, shape=(6, 40, 50), labelled=(1, 2, 4), value=1):
@@ -72,6 +72,13 @@ def test_camus_sequences(tmp_path: Path, rng: np.random.Generator) -> None:
     atrium = [m for c, *_, m in rows if c == "left atrium"][0]
     np.testing.assert_array_equal(atrium, (labels[..., 0] == 3).T)
 
+    (root / "database_split" / "subgroup_testing.txt").unlink()  # a separate download, easily missed
+    result, found = built_instances(tmp_path / "raw", tmp_path / "out-no-list", "CAMUS")
+    assert [p["file"] for p in result.problems] == ["database_split/subgroup_testing.txt"]
+    assert "official test list is missing" in result.problems[0]["reason"]
+    assert {s for rows in found.values() for _, s, _, _ in rows} <= {"train", "val"}  # no split pretended
+    (root / "database_split" / "subgroup_testing.txt").write_text("patient0003\n")  # the tree as released again
+
 
 def test_fh_ps_aop(tmp_path: Path, rng: np.random.Generator) -> None:
     root = tmp_path / "raw" / "FH-PS-AOP" / "Pubic Symphysis-Fetal Head Segmentation and Angle of Progression"
@@ -89,3 +96,37 @@ def test_fh_ps_aop(tmp_path: Path, rng: np.random.Generator) -> None:
     rows = {c: m for c, *_, m in found["Pubic Symphysis-Fetal Head Segmentation and Angle of Progression/image_mha/00002.mha"]}
     np.testing.assert_array_equal(rows["fetal head"], label == 2)
     np.testing.assert_array_equal(rows["pubic symphysis"], label == 1)
+
+
+def cone(shape: tuple[int, int, int]) -> np.ndarray:
+    """A scan region opening along the last axis (depth), as a 3D probe images it."""
+    x, y, z = np.mgrid[0 : shape[0], 0 : shape[1], 0 : shape[2]].astype(float)
+    return np.hypot(x - shape[0] / 2, y - shape[1] / 2) <= 4 + 0.45 * z
+
+
+def test_volume_labels_outside_the_scanned_cone_are_cleaned(tmp_path: Path, rng: np.random.Generator) -> None:
+    """As in 3D ultrasound, where labels drawn or interpolated across slices spill outside the
+    scanned cone: the pixels outside go, the gland inside is kept whole however dark it is."""
+    shape = (24, 30, 36)
+    scanned = cone(shape)
+    image = np.where(scanned, rng.integers(30, 255, shape), 0).astype(np.uint8)
+    x, y, z = np.mgrid[0 : shape[0], 0 : shape[1], 0 : shape[2]]
+    gland = (x - 12) ** 2 + (y - 24) ** 2 + (z - 14) ** 2 <= 7**2  # near the cone's side: part of it outside
+    image[gland & scanned] = 2  # hypoechoic: darker than the tissue around it, still inside the scan
+    root = tmp_path / "raw" / "MicroSeg" / "Micro_Ultrasound_Prostate_Segmentation_Dataset" / "train"
+    save_nifti(root / "micro_ultrasound_scans" / "microUS_train_01.nii.gz", image)
+    save_nifti(root / "expert_annotations" / "expert_annotation_train_01.nii.gz", gland.astype(np.uint8))
+    result, found = built_instances(tmp_path / "raw", tmp_path / "out", "MicroSeg")
+    report = result.reports["MicroSeg"]
+    outside = int((gland & ~scanned).sum())
+    assert outside > 100 and 0.9 * outside <= report.cleaned_pixels <= outside
+    kept = np.zeros(shape, bool)  # the built slices put back into the volume (sagittal: x; rows = z, columns = y)
+    for split in ("train", "val"):
+        path = tmp_path / "out" / "coco" / "MicroSeg" / f"{split}.json"
+        doc = load_json(path) if path.exists() else {"images": [], "annotations": []}
+        frames = {i["id"]: i["frame"] for i in doc["images"]}
+        for annotation in doc["annotations"]:
+            kept[frames[annotation["image_id"]]] |= decode(annotation).T
+    assert kept[gland & scanned].all()  # nothing inside the scan is lost
+    assert not (kept & ~gland).any()
+    assert int((gland & ~kept).sum()) == report.cleaned_pixels

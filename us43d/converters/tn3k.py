@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from pathlib import Path
 
-from us43d.converters.base import TEST, DatasetProblem, Item, files_by_stem, find_folder, pair_files
+from us43d.converters.base import TEST, DatasetProblem, Item, files_by_stem, find_folder, pair_files, relative
 from us43d.converters.pairs import read_binary_pair as read_item  # noqa: F401
 from us43d.errors import ConversionError
 
@@ -21,8 +21,10 @@ def list_items(raw: Path, entry) -> Iterator[Item | DatasetProblem]:
     missing = []
     for part, split in PARTS.items():
         try:
-            images = files_by_stem(find_folder(raw, f"{part}-image"), SUFFIXES)
-            masks = files_by_stem(find_folder(raw, f"{part}-mask"), SUFFIXES)
+            folder = find_folder(raw, f"{part}-image")
+            images, masks = files_by_stem(folder, SUFFIXES), files_by_stem(find_folder(raw, f"{part}-mask"), SUFFIXES)
+            if not images and not masks:
+                raise ConversionError(f"no images in {relative(raw, folder)}")
         except ConversionError as exc:  # one part may be missing from a partial download
             missing.append(exc)
             yield DatasetProblem(".", f"{exc.reason}: the {part} part is not built")
