@@ -119,3 +119,56 @@ def test_kaggle_split_zip_with_change2zip_volume(tmp_path: Path) -> None:
     extract(tmp_path / "download.zip", tmp_path / "out")
     assert (tmp_path / "out" / "cardiac" / "clip_image.nii.gz").read_bytes() == payload
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["cardiac"]  # volumes cleaned up
+
+
+def test_multi_volume_rar_is_extracted_once_as_one_archive(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """TN3K's repository ships test-image.part1.rar + part2.rar: the first volume is extracted (the
+    reader finds the rest beside it), into a folder named after the archive, and every volume goes."""
+    from us43d.fetch import extract as extraction
+
+    calls = []
+
+    def fake_rar(archive: Path, target: Path, limits) -> None:
+        calls.append((archive.name, [v.name for v in extraction.rar_volumes(archive)]))
+        (target / "test-image").mkdir(parents=True)
+        (target / "test-image" / "0000.jpg").write_bytes(b"jpg")
+
+    monkeypatch.setattr(extraction, "_extract_rar", fake_rar)
+    volumes = {"picture/test-image.part1.rar": b"1", "picture/test-image.part2.rar": b"2", "picture/test-mask.rar": b"m"}
+    make_zip(tmp_path / "repo.zip", volumes)
+    extract(tmp_path / "repo.zip", tmp_path / "out")
+    assert sorted(calls) == [
+        ("test-image.part1.rar", ["test-image.part1.rar", "test-image.part2.rar"]),
+        ("test-mask.rar", ["test-mask.rar"]),
+    ]
+    assert sorted(p.name for p in (tmp_path / "out" / "picture").iterdir()) == ["test-image", "test-mask"]
+    assert (tmp_path / "out" / "picture" / "test-image" / "test-image" / "0000.jpg").read_bytes() == b"jpg"
+
+
+def test_rar_volume_names() -> None:
+    from us43d.fetch.extract import is_split_part
+
+    assert not is_split_part(Path("test-image.part1.rar")) and not is_split_part(Path("test-mask.rar"))
+    assert is_split_part(Path("test-image.part2.rar")) and is_split_part(Path("trainval-image.PART06.rar"))
+    assert is_split_part(Path("cardiac.z01")) and not is_split_part(Path("cardiac.zip"))
+
+
+def test_rar_without_a_reader_says_what_to_install(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from us43d.fetch import extract as extraction
+
+    monkeypatch.setattr(extraction.shutil, "which", lambda tool: None)
+    (tmp_path / "masks.rar").write_bytes(b"Rar!\x1a\x07\x01\x00")
+    with pytest.raises(ExtractionError, match="needs a RAR reader"):
+        extract(tmp_path / "masks.rar", tmp_path / "out")
+
+
+def test_rar_listing_of_unrar_free_is_read() -> None:
+    from us43d.fetch.extract import _unrar_free_names
+
+    listing = (
+        "\nunrar-free 0.1.3  Copyright (C) 2004  Ben Asselstine, Jeroen Dekkers\n\n\nRAR archive x.rar\n\n"
+        "Pathname/Comment\n                  Size   Date   Time     Attr\n----------------------------------------------\n"
+        " test-mask/0000.jpg\n                  3704 03-02-21 13:30   .....A\n"
+        " ../evil.jpg\n                  15 03-02-21 13:30   .....A\n"
+    )
+    assert _unrar_free_names(listing) == ["test-mask/0000.jpg", "../evil.jpg"]

@@ -4,14 +4,17 @@ Archives are untrusted input. Entries with absolute paths or `..`, links that le
 target, device files, and archive bombs (too many bytes in all, or a member that inflates
 beyond a sane ratio) are refused before anything is written; the bytes actually written are
 counted too, so a lying header cannot slip past. zip and tar (gz, bz2, xz) are read with
-Python; 7z, rar and spanned zips need 7-Zip (`7z`, `7zz` or `7za`) on the PATH. Nested
-archives are extracted in place, a few levels deep.
+Python; 7z and spanned zips need 7-Zip (`7z`, `7zz` or `7za`) on the PATH; rar needs a 7-Zip
+that reads RAR, RARLAB's `unrar`, or `unrar-free`. Multi-volume archives (X.zip with X.z01..., and
+X.part1.rar with X.part2.rar...) are extracted as one. Nested archives are extracted in place, a
+few levels deep.
 """
 
 from __future__ import annotations
 
 import gzip
 import os
+import re
 import shutil
 import stat
 import subprocess
@@ -185,13 +188,105 @@ def _extract_7z(archive: Path, target: Path, limits: Limits) -> None:
             raise ExtractionError(f"{archive.name}: refusing link {path.name} outside the target")
 
 
+def _seven_zip_reads_rar() -> str | None:
+    try:
+        tool = seven_zip()
+    except ExtractionError:
+        return None
+    formats = subprocess.run([tool, "i"], capture_output=True, text=True).stdout
+    return tool if re.search(r"\bRar5?\b", formats) else None
+
+
+def _unrar() -> tuple[str, bool] | None:
+    """An unrar on the PATH, and whether it is RARLAB's (which reads multi-volume archives)."""
+    for tool in ("unrar", "unrar-free"):
+        path = shutil.which(tool)
+        if path is None:
+            continue
+        banner = subprocess.run([path], capture_output=True, text=True)
+        rarlab = "Alexander Roshal" in banner.stdout + banner.stderr
+        if rarlab or tool == "unrar-free" or "unrar-free" in os.path.realpath(path):
+            return path, rarlab
+    return None
+
+
+def _extract_rar(archive: Path, target: Path, limits: Limits) -> None:
+    volumes = rar_volumes(archive)
+    if _seven_zip_reads_rar():
+        _extract_7z(archive, target, limits)
+        return
+    found = _unrar()
+    if found is None:
+        raise ExtractionError(
+            f"{archive.name}: this archive needs a RAR reader: 7-Zip with RAR support, unrar or unrar-free "
+            "(Debian: apt install unrar-free)"
+        )
+    tool, rarlab = found
+    if len(volumes) > 1 and not rarlab:
+        raise ExtractionError(
+            f"{archive.name}: a {len(volumes)}-volume RAR archive needs RARLAB's unrar or a 7-Zip with RAR support; "
+            f"{os.path.basename(tool)} reads one volume at a time"
+        )
+    listing = subprocess.run([tool, "lb", str(archive)] if rarlab else [tool, "-t", str(archive)], capture_output=True, text=True)
+    if listing.returncode != 0:
+        raise ExtractionError(f"{archive.name}: cannot read it ({(listing.stderr or listing.stdout).strip()[:200]})")
+    names = listing.stdout.splitlines() if rarlab else _unrar_free_names(listing.stdout)
+    for name in names:
+        _safe_name(name, archive)
+    _check_totals(archive, len(names), 0, limits.max_total_bytes, limits)
+    command = [tool, "x", "-o+", "-y", "-ol-", str(archive.resolve())] if rarlab else [tool, "-x", "-f", str(archive.resolve())]
+    result = subprocess.run(command, cwd=target, capture_output=True, text=True)
+    if result.returncode != 0 or (not rarlab and "All OK" not in result.stdout):
+        raise ExtractionError(f"{archive.name}: extraction failed ({(result.stderr or result.stdout).strip()[-200:]})")
+    _check_written(archive, target, limits)
+
+
+def _unrar_free_names(listing: str) -> list[str]:
+    """Entry names from `unrar-free -t`: after the dashed rule, each entry is a line with its
+    name (indented by one space) followed by a line of size, date and attributes."""
+    lines = listing.splitlines()
+    start = next((i for i, line in enumerate(lines) if line.startswith("---")), len(lines))
+    return [line[1:] for line in lines[start + 1 :: 2] if line.startswith(" ") and not line.startswith("  ")]
+
+
+def _check_written(archive: Path, target: Path, limits: Limits) -> None:
+    """After an external tool: no link out of the target, and no more bytes than allowed."""
+    total = 0
+    for path in target.rglob("*"):
+        if path.is_symlink():
+            if not _inside(target, path.parent, os.readlink(path)):
+                raise ExtractionError(f"{archive.name}: refusing link {path.name} outside the target")
+        elif path.is_file():
+            total += path.stat().st_size
+    if total > limits.max_total_bytes:
+        raise ExtractionError(f"{archive.name}: {total} bytes written exceed the limit (archive bomb?)")
+
+
+_RAR_VOLUME = re.compile(r"^(?P<stem>.+)\.part(?P<number>\d+)\.rar$", re.IGNORECASE)
+
+
+def rar_volumes(archive: Path) -> list[Path]:
+    """X.part1.rar and its siblings X.part2.rar, ... in order; a plain X.rar alone."""
+    match = _RAR_VOLUME.match(archive.name)
+    if match is None:
+        return [archive]
+    volumes = []
+    for sibling in archive.parent.iterdir():
+        other = _RAR_VOLUME.match(sibling.name)
+        if other and other["stem"] == match["stem"]:
+            volumes.append((int(other["number"]), sibling))
+    return [path for _, path in sorted(volumes)]
+
+
 def extract(archive: Path, target: Path, limits: Limits = Limits(), depth: int = 0) -> None:
     """Extract `archive` into `target`, then any archive found inside, in its own folder."""
     target.mkdir(parents=True, exist_ok=True)
     name = archive.name.lower()
     if name.endswith(".zip") and not _is_spanned(archive):
         _extract_zip(archive, target, limits)
-    elif name.endswith((".7z", ".rar")) or name.endswith(".zip"):
+    elif name.endswith(".rar"):
+        _extract_rar(archive, target, limits)
+    elif name.endswith((".7z", ".zip")):
         _extract_7z(archive, target, limits)
     elif name.endswith((".tar", ".tar.gz", ".tgz", ".tar.bz2", ".tbz2", ".tar.xz", ".txz")):
         _extract_tar(archive, target, limits)
@@ -208,7 +303,7 @@ def extract(archive: Path, target: Path, limits: Limits = Limits(), depth: int =
         folder = inner.with_name(inner.name.split(".")[0])
         if folder.exists():
             folder = inner.with_name(inner.name + ".d")
-        parts = sorted(inner.parent.glob(inner.stem + ".z[0-9][0-9]")) if _is_spanned(inner) else []
+        parts = sorted(inner.parent.glob(inner.stem + ".z[0-9][0-9]")) if _is_spanned(inner) else rar_volumes(inner)[1:]
         extract(inner, folder, limits, depth + 1)
         for done in (inner, *parts):
             done.unlink()
@@ -220,5 +315,9 @@ def _is_spanned(archive: Path) -> bool:
 
 
 def is_split_part(path: Path) -> bool:
-    """A volume of an Info-ZIP split archive (X.z01, X.z02, ...): it travels with X.zip."""
-    return path.suffix.lower().startswith(".z") and path.suffix[2:].isdigit()
+    """A later volume of a multi-volume archive, which travels with its first: X.z01, X.z02, ...
+    beside X.zip, and X.part2.rar, X.part3.rar, ... beside X.part1.rar."""
+    if path.suffix.lower().startswith(".z") and path.suffix[2:].isdigit():
+        return True
+    volume = _RAR_VOLUME.match(path.name)
+    return volume is not None and int(volume["number"]) > 1
