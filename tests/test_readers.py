@@ -148,3 +148,23 @@ def test_to_storable_keeps_fitting_integers_and_scales_the_rest() -> None:
     assert readers.to_storable(wide).dtype == np.uint16
     floats = np.array([[-1.0, 1.0]])
     np.testing.assert_array_equal(readers.to_storable(floats), [[0, 255]])
+
+
+def test_images_and_volumes_beyond_the_size_limit_are_refused_before_decoding(tmp_path: Path) -> None:
+    """A small file can claim a huge image (a 68 KB PNG claiming 178 Mpx took 1.8 GB to decode)."""
+    import nibabel as nib
+
+    from us43d.converters.readers import MAX_IMAGE_PIXELS, read_image, read_volume
+
+    bomb = tmp_path / "bomb.png"
+    Image.new("1", (10_000, 6_000)).save(bomb)  # 60 Mpx of zeros: a few KB on disk
+    assert bomb.stat().st_size < 200_000 and 10_000 * 6_000 > MAX_IMAGE_PIXELS
+    with pytest.raises(ConversionError, match=r"image of 10000x6000 is 60 M elements, over the limit of 50 M"):
+        read_image(bomb)
+    header = nib.Nifti1Header()
+    header.set_data_shape((2_000, 2_000, 300))
+    header.set_data_dtype(np.uint8)
+    volume = tmp_path / "huge.nii"
+    volume.write_bytes(header.binaryblock + b"\0" * 4 + b"\0" * 1000)  # the data is not there at all
+    with pytest.raises(ConversionError, match=r"volume of \(2000, 2000, 300\) is 1200 M elements, over the limit"):
+        read_volume(volume)

@@ -84,6 +84,8 @@ def test_user_directories_add_entries(tmp_path: Path, monkeypatch: pytest.Monkey
         ({"modality": "volume"}, "(top level)"),
         ({"test_split": {"kind": "official"}}, "test_split"),
         ({"sources": [{"kind": "zenodo", "location": "1", "files": [{"name": "a.zip", "md5": "xyz"}]}]}, "sources.0.files.0.md5"),
+        ({"id": "A" * 65}, "id"),
+        ({"converter": "../../etc/evil"}, "converter"),
     ],
 )
 def test_invalid_entry_names_file_and_field(tmp_path: Path, changes: dict, field: str) -> None:
@@ -149,3 +151,32 @@ def test_cleaning_defaults_follow_the_modality_and_entries_can_switch_it() -> No
     assert not registry.get("HC18").cleans_background  # image
     assert registry.get("CAMUS").cleans_background and registry.get("regPro").cleans_background  # video, volume
     assert registry.get("DDTI").cleans_background and registry.get("DDTI").cleaning.note  # switched on, with why
+
+
+def test_a_converter_outside_us43d_runs_only_when_its_package_is_trusted(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A registry entry is a YAML file anyone can hand over; naming a module in it must not be
+    enough to run that module's code."""
+    from helpers import build, make_stu_hospital, private_entry, write_entries
+
+    package = tmp_path / "code" / "handedover"
+    package.mkdir(parents=True)
+    (package / "__init__.py").write_text("")
+    marker = tmp_path / "imported"
+    (package / "reader.py").write_text(
+        f"from pathlib import Path\nPath({str(marker)!r}).touch()\n"
+        "from us43d.converters.stu_hospital import list_items, read_item  # noqa: F401\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path / "code"))
+    registry = write_entries(tmp_path / "registry", private_entry("Handed", converter="handedover.reader", min_area=1))
+    make_stu_hospital(tmp_path / "raw" / "Handed", n=2)
+    monkeypatch.delenv("US43D_TRUSTED_CONVERTERS", raising=False)
+    refused = build(tmp_path / "raw", tmp_path / "out", ["Handed"], registry_dirs=[registry])
+    assert not marker.exists()
+    assert "set US43D_TRUSTED_CONVERTERS=handedover" in refused.problems[0]["reason"]
+    monkeypatch.setenv("US43D_TRUSTED_CONVERTERS", "someother,handedover")
+    trusted = build(tmp_path / "raw", tmp_path / "out", ["Handed"], registry_dirs=[registry])
+    assert marker.exists() and trusted.reports["Handed"].images == 2
+
+
+def test_builtin_entries_name_builtin_converters() -> None:
+    assert all("." not in entry.converter for entry in Registry.load(include_builtin=True, extra_dirs=[]))

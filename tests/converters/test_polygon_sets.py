@@ -60,3 +60,27 @@ def test_fass(tmp_path: Path, rng: np.random.Generator) -> None:
     assert groups == {"P010_IMG1": {"P010"}, "P011_IMG1": {"P011"}}  # images of one patient stay together
     np.testing.assert_array_equal(rows["stomach"], stomach)
     np.testing.assert_array_equal(rows["liver"], liver)
+
+
+class _Payload:
+    """What a hostile pickle carries: a call made while loading."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (Path.touch, (self.marker,))
+
+
+def test_fass_refuses_a_pickle_that_would_run_code(tmp_path: Path, rng: np.random.Generator) -> None:
+    root = tmp_path / "raw" / "FASS"
+    write_pair(rng, root / "IMAGES" / "P001_IMG1.png", None)
+    hostile = np.empty((), dtype=object)
+    marker = tmp_path / "ran"
+    hostile[()] = {"structures": {"liver": _Payload(marker)}}
+    (root / "ARRAY_FORMAT").mkdir()
+    np.save(root / "ARRAY_FORMAT" / "P001_IMG1.npy", hostile, allow_pickle=True)
+    result, _ = built_instances(tmp_path / "raw", tmp_path / "out", "FASS")
+    ((error),) = result.item_errors
+    assert error["file"] == "ARRAY_FORMAT/P001_IMG1.npy" and "refusing to load pathlib" in error["reason"]
+    assert not marker.exists()

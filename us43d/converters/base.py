@@ -9,6 +9,8 @@ knows about ids, output formats, splits or cleaning: those belong to the corpus 
 from __future__ import annotations
 
 import importlib
+import os
+import re
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from us43d.errors import ConversionError, RegistryError
-from us43d.registry.schema import DatasetEntry
+from us43d.registry.schema import CONVERTER_PATTERN, DatasetEntry
 
 TEST = "test"
 
@@ -94,9 +96,29 @@ class Converter:
     read_item: ReadItem
 
 
+TRUSTED_ENV = "US43D_TRUSTED_CONVERTERS"
+
+
+def trusted_packages() -> set[str]:
+    """Packages whose converters a user has said may run (`US43D_TRUSTED_CONVERTERS=pkg1,pkg2`)."""
+    return {name.strip() for name in os.environ.get(TRUSTED_ENV, "").replace(os.pathsep, ",").split(",") if name.strip()}
+
+
 def load_converter(name: str) -> Converter:
-    """Built-in converters are named by module (`bus_bra`); private ones by dotted path."""
+    """Built-in converters are named by module (`bus_bra`); private ones by dotted path.
+
+    Importing a module runs its code, and a registry entry is only a YAML file that anyone can
+    hand over: a converter outside us43d is imported only when the user has named its package in
+    US43D_TRUSTED_CONVERTERS. A registry directory with converters is code, not data.
+    """
+    if not re.fullmatch(CONVERTER_PATTERN, name):
+        raise RegistryError(f"converter '{name}' is not a module name")
     module_name = name if "." in name else f"us43d.converters.{name}"
+    package = module_name.split(".")[0]
+    if package != "us43d" and package not in trusted_packages():
+        raise RegistryError(
+            f"converter '{name}' is code outside us43d: importing it would run it. If you trust it, set {TRUSTED_ENV}={package}"
+        )
     try:
         module = importlib.import_module(module_name)
     except ModuleNotFoundError as exc:

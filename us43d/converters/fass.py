@@ -2,8 +2,9 @@
 key `structures` maps artery, liver, stomach and vein to binary arrays (they may overlap). Images
 of one patient (`P<patient>`) form a group.
 
-Reading it needs pickle, which can run code from the file: it is allowed here, for this one
-dataset's files, because the release offers no other format. Nothing else in us43d unpickles.
+The release offers no other format than these pickles, so they are read by the shared
+`read_object_npy`, whose unpickler builds NumPy arrays and plain Python values only: a hostile
+file is refused, never run.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from us43d.converters.base import Item, Sample, files_by_stem, find_folder, pair_files
-from us43d.converters.readers import connected_components, read_image
+from us43d.converters.readers import connected_components, read_image, read_object_npy
 from us43d.errors import ConversionError
 from us43d.registry.schema import DatasetEntry
 
@@ -28,10 +29,10 @@ def list_items(raw: Path, entry: DatasetEntry) -> Iterator[Item]:
 
 def read_item(raw: Path, item: Item, entry: DatasetEntry) -> Iterator[Sample]:
     image = read_image(raw / item.files[0])
-    try:
-        structures = np.load(raw / item.files[1], allow_pickle=True).item()["structures"]
-    except (OSError, ValueError, KeyError, AttributeError, EOFError) as exc:
-        raise ConversionError(f"not a FASS structure array ({exc})", item.files[1]) from exc
+    content = read_object_npy(raw / item.files[1])
+    structures = content.get("structures") if isinstance(content, dict) else None
+    if not isinstance(structures, dict):
+        raise ConversionError("not a FASS structure array (no 'structures' dictionary)", item.files[1])
     instances = []
     for name, mask in sorted(structures.items()):
         if name not in entry.categories:

@@ -6,6 +6,8 @@ has to wrap calls in its own error handling.
 
 from __future__ import annotations
 
+import os
+import pickle
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +25,11 @@ MAX_INTERMEDIATE_SHARE = 0.5
 NEAR_EDGE = 0.125  # values within 1/8 of the range from 0 or full count as clean
 # Masks stored at another size are resized only when their aspect ratio matches the image's.
 MAX_ASPECT_MISMATCH = 0.02
+# The largest image and volume we decode. Ultrasound frames are a few megapixels and volumes a
+# few hundred megavoxels at most; a file that claims more is corrupt or a decompression bomb
+# (a 68 KB PNG can claim 178 Mpx). US43D_MAX_IMAGE_PIXELS / US43D_MAX_VOLUME_VOXELS raise them.
+MAX_IMAGE_PIXELS = int(os.environ.get("US43D_MAX_IMAGE_PIXELS", 50_000_000))
+MAX_VOLUME_VOXELS = int(os.environ.get("US43D_MAX_VOLUME_VOXELS", 1_000_000_000))
 
 
 @dataclass(frozen=True)
@@ -41,6 +48,7 @@ def _open(path: Path) -> Image.Image:
         raise _fail(path, "file is missing")
     try:
         image = Image.open(path)
+        _check_size(path, image.width * image.height, MAX_IMAGE_PIXELS, f"image of {image.width}x{image.height}")
         image.load()
     except Image.DecompressionBombError as exc:
         raise _fail(path, f"image is implausibly large ({exc})") from exc
@@ -49,6 +57,11 @@ def _open(path: Path) -> Image.Image:
     if image.width == 0 or image.height == 0:
         raise _fail(path, "image has no pixels")
     return image
+
+
+def _check_size(path: Path | str, count: int, limit: int, what: str) -> None:
+    if count > limit:
+        raise _fail(path, f"{what} is {count / 1e6:.0f} M elements, over the limit of {limit / 1e6:.0f} M (corrupt, or raise it)")
 
 
 def _as_array(image: Image.Image, path: Path) -> np.ndarray:
@@ -331,11 +344,17 @@ def read_volume(path: Path) -> Volume:
             import nibabel as nib
 
             image = nib.load(str(path))
+            _check_size(path, int(np.prod(image.shape, dtype=np.int64)), MAX_VOLUME_VOXELS, f"volume of {image.shape}")
             array = np.asanyarray(image.dataobj)
             axcodes = tuple(nib.aff2axcodes(image.affine))
         else:
             import SimpleITK as sitk
 
+            header = sitk.ImageFileReader()
+            header.SetFileName(str(path))
+            header.ReadImageInformation()
+            size = tuple(header.GetSize()) + (header.GetNumberOfComponents(),)
+            _check_size(path, int(np.prod(size, dtype=np.int64)), MAX_VOLUME_VOXELS, f"volume of {size[:-1]}")
             image = sitk.ReadImage(str(path))
             array = sitk.GetArrayFromImage(image)
             if image.GetNumberOfComponentsPerPixel() > 1:  # vector pixels: channels last
@@ -343,6 +362,8 @@ def read_volume(path: Path) -> Volume:
             array = array.T  # ITK's (k, j, i) back to (i, j, k)
             direction = np.asarray(image.GetDirection()).reshape(image.GetDimension(), image.GetDimension())
             axcodes = _itk_axcodes(direction)
+    except ConversionError:
+        raise
     except Exception as exc:  # both libraries raise a variety of types for a corrupt file
         raise _fail(path, f"cannot read volume ({exc})") from exc
     if np.issubdtype(array.dtype, np.floating) and not np.isfinite(array).all():
@@ -445,10 +466,55 @@ def read_video_frames(path: Path, wanted: set[int] | None = None) -> Iterator[tu
     last = max(wanted) if wanted else None
     try:
         with av.open(str(path)) as container:
-            for index, frame in enumerate(container.decode(video=0)):
+            stream = container.streams.video[0]
+            _check_size(path, stream.width * stream.height, MAX_IMAGE_PIXELS, f"video frame of {stream.width}x{stream.height}")
+            for index, frame in enumerate(container.decode(stream)):
                 if last is not None and index > last:
                     break
                 if wanted is None or index in wanted:
                     yield index, frame.to_ndarray(format="rgb24")
-    except av.error.FFmpegError as exc:
-        raise _fail(path, f"cannot decode video ({exc})") from exc
+    except (av.error.FFmpegError, IndexError) as exc:  # IndexError: no video stream
+        raise _fail(path, f"cannot decode video ({exc or 'no video stream'})") from exc
+
+
+# --- NumPy files holding Python objects -----------------------------------------------------
+
+# What a NumPy array of Python objects (a dict of arrays) pickles to, and nothing else: unpickling
+# anything beyond these would let the file run code.
+_ARRAY_GLOBALS = frozenset(
+    (module, name) for module in ("numpy.core.multiarray", "numpy._core.multiarray") for name in ("_reconstruct", "scalar")
+) | {("numpy", "ndarray"), ("numpy", "dtype")}
+
+
+class _ArrayUnpickler(pickle.Unpickler):
+    def find_class(self, module: str, name: str) -> Any:
+        if (module, name) not in _ARRAY_GLOBALS:
+            raise pickle.UnpicklingError(f"refusing to load {module}.{name}: only NumPy arrays and plain Python values")
+        return super().find_class(module, name)
+
+
+def read_object_npy(path: Path) -> Any:
+    """The Python value saved in a `.npy` file of dtype object (`np.save(path, {...})`), read by an
+    unpickler that builds NumPy arrays, dicts, lists, strings and numbers only, so that a hostile
+    file cannot run code."""
+    from numpy.lib import format as npy_format
+
+    if not path.is_file():
+        raise _fail(path, "file is missing")
+    try:
+        with path.open("rb") as handle:
+            version = npy_format.read_magic(handle)
+            headers = {(1, 0): npy_format.read_array_header_1_0, (2, 0): npy_format.read_array_header_2_0}
+            if version not in headers:
+                raise ValueError(f"unsupported .npy version {version}")
+            _, _, dtype = headers[version](handle)
+            if dtype != np.dtype(object):
+                return np.load(path, allow_pickle=False)
+            value = _ArrayUnpickler(handle).load()
+    except pickle.UnpicklingError as exc:
+        raise _fail(path, f"not a plain NumPy object file ({exc})") from exc
+    except (OSError, ValueError, EOFError, TypeError, AttributeError, IndexError, KeyError) as exc:
+        raise _fail(path, f"cannot read NumPy file ({type(exc).__name__}: {exc})") from exc
+    if isinstance(value, np.ndarray) and value.shape == () and value.dtype == object:
+        return value.item()
+    return value

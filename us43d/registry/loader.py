@@ -79,6 +79,10 @@ class Registry:
                     raise RegistryError(
                         f"invalid registry entry {path}: field 'id': '{entry.id}' is already defined in {files[key]}"
                     )
+                if directory == BUILTIN_DIR and "." in entry.converter:
+                    raise RegistryError(
+                        f"invalid registry entry {path}: field 'converter': a built-in entry names a built-in module"
+                    )
                 entries[key] = entry
                 files[key] = path
         ordered = dict(sorted(entries.items()))

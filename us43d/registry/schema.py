@@ -11,7 +11,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]*$")
+ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")  # it names folders and files: keep it short
+CONVERTER_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$"
 WORD_PATTERN = r"^[a-z][a-z0-9-]*$"
 
 Modality = Literal["image", "volume", "video"]
@@ -130,7 +131,10 @@ class DatasetEntry(_Strict):
     licence: str
     access: Access
     sources: tuple[Source, ...] = ()
-    converter: str
+    converter: str = Field(
+        pattern=CONVERTER_PATTERN,
+        description="a built-in converter module (bus_bra), or a dotted module of your own (mypackage.reader)",
+    )
     slicing_axis: SliceAxis | None = None
     slicing_note: str | None = None
     cleaning: Cleaning = Cleaning()
@@ -145,7 +149,7 @@ class DatasetEntry(_Strict):
     @classmethod
     def _id_is_safe(cls, value: str) -> str:
         if not ID_PATTERN.match(value):
-            raise ValueError("ids hold letters, digits, '-' and '_' only, and start with a letter or digit")
+            raise ValueError("ids hold 1 to 64 letters, digits, '-' and '_', and start with a letter or digit")
         return value
 
     @field_validator("categories")
