@@ -294,3 +294,24 @@ def test_7z_with_a_symbolic_link_is_refused(tmp_path: Path) -> None:
     )
     with pytest.raises(ExtractionError, match="symbolic link"):
         extract(tmp_path / "l.7z", tmp_path / "out")
+
+
+def test_archives_extracted_by_7zip_count_only_their_own_bytes(tmp_path: Path) -> None:
+    """A small 7z extracted beside a large earlier download is not taken for a bomb."""
+    import subprocess
+
+    from us43d.fetch.extract import seven_zip
+
+    try:
+        tool = seven_zip()
+    except ExtractionError:
+        pytest.skip("7-Zip is not installed here")
+    (tmp_path / "src").mkdir()
+    (tmp_path / "src" / "mask.png").write_bytes(os.urandom(2000))
+    subprocess.run(
+        [tool, "a", "-bd", "-y", str(tmp_path / "small.7z"), "mask.png"], cwd=tmp_path / "src", check=True, capture_output=True
+    )
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "earlier.bin").write_bytes(os.urandom(50_000))  # from another archive of the same install
+    extract(tmp_path / "small.7z", tmp_path / "out", Limits(max_ratio=2.0, min_ratio_bytes=1))
+    assert (tmp_path / "out" / "mask.png").stat().st_size == 2000

@@ -239,10 +239,11 @@ def _extract_7z(archive: Path, target: Path, limits: Limits, budget: Budget) -> 
         elif line.startswith("Attributes = ") and " l" in line:  # a Unix mode lrwxrwxrwx
             _refuse_link(archive, name, "?")
     _check_totals(archive, count, total, limits, budget)
+    before = _sizes(target)
     result = subprocess.run([tool, "x", "-y", "-snl-", f"-o{target}", str(archive)], capture_output=True, text=True)
     if result.returncode != 0:
         raise ExtractionError(f"{archive.name}: 7-Zip failed ({result.stderr.strip()[:200]})")
-    _check_written(archive, target, budget)
+    _check_written(archive, target, limits, budget, before)
 
 
 def _seven_zip_reads_rar() -> str | None:
@@ -292,10 +293,11 @@ def _extract_rar(archive: Path, target: Path, limits: Limits, budget: Budget) ->
         _safe_name(name, archive)
     _check_totals(archive, len(names), 0, limits, budget)
     command = [tool, "x", "-o+", "-y", "-ol-", str(archive.resolve())] if rarlab else [tool, "-x", "-f", str(archive.resolve())]
+    before = _sizes(target)
     result = subprocess.run(command, cwd=target, capture_output=True, text=True)
     if result.returncode != 0 or (not rarlab and "All OK" not in result.stdout):
         raise ExtractionError(f"{archive.name}: extraction failed ({(result.stderr or result.stdout).strip()[-200:]})")
-    _check_written(archive, target, budget)
+    _check_written(archive, target, limits, budget, before)
 
 
 def _unrar_free_names(listing: str) -> list[str]:
@@ -306,15 +308,22 @@ def _unrar_free_names(listing: str) -> list[str]:
     return [line[1:] for line in lines[start + 1 :: 2] if line.startswith(" ") and not line.startswith("  ")]
 
 
-def _check_written(archive: Path, target: Path, budget: Budget) -> None:
+def _sizes(target: Path) -> dict[Path, int]:
+    return {path: path.lstat().st_size for path in target.rglob("*") if path.is_file() or path.is_symlink()}
+
+
+def _check_written(archive: Path, target: Path, limits: Limits, budget: Budget, before: dict[Path, int]) -> None:
     """After an external tool: no link at all (as for zip and tar), and no more bytes than the
-    download has left."""
+    archive's own ratio and the download's budget allow. Only what the tool wrote counts
+    (`before` is what the target already held: other archives of the same download)."""
     total = 0
-    for path in target.rglob("*"):
+    for path, size in _sizes(target).items():
         if path.is_symlink():
             _refuse_link(archive, path.relative_to(target).as_posix(), os.readlink(path))
-        elif path.is_file():
-            total += path.stat().st_size
+        elif before.get(path) != size:
+            total += size
+    if total > limits.ratio_bound(_archive_size(archive)):
+        raise ExtractionError(f"{archive.name}: {total} bytes written exceed the limit (archive bomb?)")
     budget.spend(total, archive.name)
 
 

@@ -120,9 +120,9 @@ def check_ours(entry: DatasetEntry, raw: Path) -> None:
     foreign = foreign_files(final)
     if foreign is None:
         raise ForeignFolder(
-            f"{entry.id}: {final} exists and was not made by `us43d fetch`, so it may hold your own files; fetch does "
-            f"not replace it. Move it away (or delete it if it holds nothing you need) and fetch again, or import files "
-            f"you downloaded with `us43d fetch {entry.id} --from FILE`"
+            f"{entry.id}: {final} exists without a record of the files fetch wrote in it (made by hand, or by an older "
+            "us43d), so it may hold your own files; fetch does not replace it. Move it away (or delete it if it holds "
+            f"nothing you need) and fetch again, or import files you downloaded with `us43d fetch {entry.id} --from FILE`"
         )
     if foreign:
         shown = ", ".join(foreign[:5]) + (f" and {len(foreign) - 5} more" if len(foreign) > 5 else "")
