@@ -265,9 +265,14 @@ def fetch(
     ] = None,
     registry: RegistryDirs = None,
 ) -> None:
-    """Download, verify and extract datasets; print what to do where no download is possible."""
+    """Download, verify and extract datasets; print what to do where no download is possible.
+
+    Exit code: 0 when every dataset asked for is fetched and its converter can read it; 1 when
+    one failed or cannot be read; 3 when none failed but one waits for a manual download or for
+    credentials; 2 for a bad command or registry."""
     from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn, TransferSpeedColumn
 
+    from us43d.fetch.fetcher import exit_code as fetch_exit_code
     from us43d.fetch.fetcher import fetch as run_fetch
 
     reg = _registry(registry)
@@ -293,17 +298,22 @@ def fetch(
 
     with bars:
         outcomes = run_fetch(entries, downloads, raw, workers, from_files or (), progress=progress)
-    failed = False
+    colours = {"fetched": "green", "manual": "yellow", "credentials": "yellow", "failed": "red", "unreadable": "red"}
+    then = {
+        "manual": "then: us43d fetch {} --from FILE",
+        "credentials": "then: us43d fetch {} again",
+        "unreadable": "see `us43d info {}` for the layout the converter expects",
+    }
     for outcome in outcomes:
-        colour = {"fetched": "green", "manual": "yellow", "failed": "red"}[outcome.state]
-        console.print(f"[{colour}]{outcome.dataset}: {outcome.state}[/]", highlight=False)
+        label = {"credentials": "needs credentials", "unreadable": "fetched but unreadable"}.get(outcome.state, outcome.state)
+        console.print(f"[{colours[outcome.state]}]{outcome.dataset}: {label}[/]", highlight=False)
         for message in outcome.messages:
             console.print(f"  {message}", highlight=False, markup=False)
-        if outcome.state == "manual":
-            console.print(f"  then: us43d fetch {outcome.dataset} --from FILE", highlight=False, markup=False)
-        failed |= outcome.state == "failed"
-    if failed:
-        raise typer.Exit(1)
+        if outcome.state in then:
+            console.print(f"  {then[outcome.state].format(outcome.dataset)}", highlight=False, markup=False)
+    code = fetch_exit_code(outcomes)
+    if code:
+        raise typer.Exit(code)
 
 
 @app.command()

@@ -1,6 +1,8 @@
 from __future__ import annotations
 
 import io
+import os
+import stat
 import tarfile
 import zipfile
 from pathlib import Path
@@ -128,7 +130,7 @@ def test_multi_volume_rar_is_extracted_once_as_one_archive(tmp_path: Path, monke
 
     calls = []
 
-    def fake_rar(archive: Path, target: Path, limits) -> None:
+    def fake_rar(archive: Path, target: Path, limits, budget=None) -> None:
         calls.append((archive.name, [v.name for v in extraction.rar_volumes(archive)]))
         (target / "test-image").mkdir(parents=True)
         (target / "test-image" / "0000.jpg").write_bytes(b"jpg")
@@ -172,3 +174,144 @@ def test_rar_listing_of_unrar_free_is_read() -> None:
         " ../evil.jpg\n                  15 03-02-21 13:30   .....A\n"
     )
     assert _unrar_free_names(listing) == ["test-mask/0000.jpg", "../evil.jpg"]
+
+
+def zip_link(bundle: zipfile.ZipFile, name: str, target: str) -> None:
+    """A symbolic link as Info-ZIP stores it: the link text as data, S_IFLNK in the Unix mode."""
+    info = zipfile.ZipInfo(name)
+    info.external_attr = (stat.S_IFLNK | 0o777) << 16
+    bundle.writestr(info, target)
+
+
+def test_zip_symlink_chain_cannot_write_outside(tmp_path: Path) -> None:
+    """`y -> p/p/../..` looks inside while `p` does not exist; `p -> .` then makes `y` climb
+    two levels, and `y/victim.txt` would overwrite a file outside the target."""
+    target = tmp_path / "raw" / "sub" / "stage"
+    target.mkdir(parents=True)
+    (tmp_path / "raw" / "victim.txt").write_text("original")
+    with zipfile.ZipFile(tmp_path / "chain.zip", "w") as bundle:
+        zip_link(bundle, "y", "p/p/../..")
+        zip_link(bundle, "p", ".")
+        bundle.writestr("y/victim.txt", "overwritten")
+    with pytest.raises(ExtractionError, match="symbolic link"):
+        extract(tmp_path / "chain.zip", target)
+    assert (tmp_path / "raw" / "victim.txt").read_text() == "original"
+    assert not any(p.is_symlink() for p in target.rglob("*"))
+
+
+def test_tar_symlink_chain_and_hardlink_through_it_are_refused(tmp_path: Path) -> None:
+    target = tmp_path / "raw" / "sub" / "stage"
+    target.mkdir(parents=True)
+    (tmp_path / "raw" / "secret.txt").write_text("secret")
+    with tarfile.open(tmp_path / "chain.tar", "w") as bundle:
+        for name, link, kind in (
+            ("y", "p/p/../..", tarfile.SYMTYPE),
+            ("p", ".", tarfile.SYMTYPE),
+            ("copy", "y/secret.txt", tarfile.LNKTYPE),
+        ):
+            info = tarfile.TarInfo(name)
+            info.type, info.linkname = kind, link
+            bundle.addfile(info)
+    with pytest.raises(ExtractionError, match="symbolic link"):
+        extract(tmp_path / "chain.tar", target)
+    assert not (target / "copy").exists() and not any(p.is_symlink() for p in target.rglob("*"))
+
+
+def test_tar_hardlink_is_a_copy_of_an_earlier_member_only(tmp_path: Path) -> None:
+    """A hard link takes its bytes from the archive's own earlier member, never from the disk:
+    one to a name the archive does not hold (a file that happens to exist, or /etc/passwd) is refused."""
+    with tarfile.open(tmp_path / "good.tar", "w") as bundle:
+        info = tarfile.TarInfo("images/a.png")
+        info.size = 3
+        bundle.addfile(info, io.BytesIO(b"png"))
+        link = tarfile.TarInfo("masks/a.png")
+        link.type, link.linkname = tarfile.LNKTYPE, "images/a.png"
+        bundle.addfile(link)
+    extract(tmp_path / "good.tar", tmp_path / "ok")
+    assert (tmp_path / "ok" / "masks" / "a.png").read_bytes() == b"png"
+    (tmp_path / "bad" / "stage").mkdir(parents=True)
+    (tmp_path / "bad" / "stage" / "present.txt").write_text("on disk, not in the archive")
+    for linkname in ("present.txt", "/etc/passwd", "../secret.txt"):
+        with tarfile.open(tmp_path / "bad.tar", "w") as bundle:
+            link = tarfile.TarInfo("copy")
+            link.type, link.linkname = tarfile.LNKTYPE, linkname
+            bundle.addfile(link)
+        with pytest.raises(ExtractionError, match="hard link"):
+            extract(tmp_path / "bad.tar", tmp_path / "bad" / "stage")
+        assert not (tmp_path / "bad" / "stage" / "copy").exists()
+
+
+def test_many_small_members_are_an_archive_bomb(tmp_path: Path) -> None:
+    """300 members of 1 MiB of zeros (no member large enough for the per-member check): ~1000x in all."""
+    make_zip(tmp_path / "many.zip", {f"zeros/{i:03d}.bin": b"\0" * (1 << 20) for i in range(300)})
+    assert (tmp_path / "many.zip").stat().st_size < 400_000
+    with pytest.raises(ExtractionError, match="archive bomb"):
+        extract(tmp_path / "many.zip", tmp_path / "out")
+    assert sum(p.stat().st_size for p in (tmp_path / "out").rglob("*") if p.is_file()) == 0
+
+
+def test_nested_archives_share_one_byte_budget(tmp_path: Path) -> None:
+    """Ten nested zips, each within every limit on its own, write more than the download may."""
+    inner = io.BytesIO()
+    with zipfile.ZipFile(inner, "w", zipfile.ZIP_STORED) as bundle:
+        bundle.writestr("data.bin", os.urandom(3000))
+    make_zip(tmp_path / "outer.zip", {f"part{i}.zip": inner.getvalue() for i in range(10)})
+    limits = Limits(max_total_bytes=40_000, max_ratio=1000.0, min_ratio_bytes=1)
+    extract(make_zip(tmp_path / "one.zip", {"part0.zip": inner.getvalue()}), tmp_path / "fine", limits)
+    with pytest.raises(ExtractionError, match="exceed the limit"):
+        extract(tmp_path / "outer.zip", tmp_path / "out", limits)
+
+
+def test_nested_archive_named_only_by_its_suffix(tmp_path: Path) -> None:
+    inner = io.BytesIO()
+    with zipfile.ZipFile(inner, "w") as bundle:
+        bundle.writestr("a.txt", b"inner")
+    make_zip(tmp_path / "outer.zip", {".zip": inner.getvalue(), "dir/.tar.gz": b"not a tar"})
+    with pytest.raises(ExtractionError, match="corrupt or truncated"):
+        extract(tmp_path / "outer.zip", tmp_path / "out")
+    make_zip(tmp_path / "outer2.zip", {".zip": inner.getvalue()})
+    extract(tmp_path / "outer2.zip", tmp_path / "out2")
+    assert [p.read_bytes() for p in (tmp_path / "out2").rglob("a.txt")] == [b"inner"]
+
+
+def test_7z_with_a_symbolic_link_is_refused(tmp_path: Path) -> None:
+    import subprocess
+
+    from us43d.fetch.extract import seven_zip
+
+    try:
+        tool = seven_zip()
+    except ExtractionError:
+        pytest.skip("7-Zip is not installed here")
+    (tmp_path / "src").mkdir()
+    (tmp_path / "src" / "a.png").write_bytes(b"png")
+    (tmp_path / "src" / "up").symlink_to("..")
+    subprocess.run(
+        [tool, "a", "-snl", "-bd", "-y", str(tmp_path / "l.7z"), "a.png", "up"],
+        cwd=tmp_path / "src",
+        check=True,
+        capture_output=True,
+    )
+    with pytest.raises(ExtractionError, match="symbolic link"):
+        extract(tmp_path / "l.7z", tmp_path / "out")
+
+
+def test_archives_extracted_by_7zip_count_only_their_own_bytes(tmp_path: Path) -> None:
+    """A small 7z extracted beside a large earlier download is not taken for a bomb."""
+    import subprocess
+
+    from us43d.fetch.extract import seven_zip
+
+    try:
+        tool = seven_zip()
+    except ExtractionError:
+        pytest.skip("7-Zip is not installed here")
+    (tmp_path / "src").mkdir()
+    (tmp_path / "src" / "mask.png").write_bytes(os.urandom(2000))
+    subprocess.run(
+        [tool, "a", "-bd", "-y", str(tmp_path / "small.7z"), "mask.png"], cwd=tmp_path / "src", check=True, capture_output=True
+    )
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "earlier.bin").write_bytes(os.urandom(50_000))  # from another archive of the same install
+    extract(tmp_path / "small.7z", tmp_path / "out", Limits(max_ratio=2.0, min_ratio_bytes=1))
+    assert (tmp_path / "out" / "mask.png").stat().st_size == 2000

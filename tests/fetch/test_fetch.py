@@ -128,8 +128,8 @@ def test_mendeley_github_figshare(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
         )
         outcomes = {o.dataset: o for o in fetch(list(reg), tmp_path / "dl", tmp_path / "raw", workers=3, policy=FAST)}
     assert {k: o.state for k, o in outcomes.items()} == {"MenSet": "fetched", "GitSet": "fetched", "FigSet": "fetched"}
-    for dataset_id in outcomes:
-        assert (tmp_path / "raw" / dataset_id / "BUS" / "original" / "000001.png").is_file()
+    for dataset_id, folder in (("MenSet", "images"), ("GitSet", ""), ("FigSet", "")):  # Mendeley keeps the file's folder
+        assert (tmp_path / "raw" / dataset_id / folder / "BUS" / "original" / "000001.png").is_file()
 
 
 def test_kaggle_credentials_and_competition_rules(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -148,7 +148,7 @@ def test_kaggle_credentials_and_competition_rules(tmp_path: Path, monkeypatch: p
             entry("Comp", [{"kind": "kaggle-competition", "location": "nerves"}], "credentials"),
         )
         missing = {o.dataset: o for o in fetch(list(reg), tmp_path / "dl", tmp_path / "raw", policy=FAST)}
-        assert missing["KagSet"].state == "manual" and "KAGGLE_USERNAME" in missing["KagSet"].messages[0]
+        assert missing["KagSet"].state == "credentials" and "KAGGLE_USERNAME" in missing["KagSet"].messages[0]
         monkeypatch.setenv("KAGGLE_USERNAME", "alice")
         monkeypatch.setenv("KAGGLE_KEY", "k3y")
         outcomes = {o.dataset: o for o in fetch(list(reg), tmp_path / "dl", tmp_path / "raw", policy=FAST)}
@@ -168,7 +168,7 @@ def test_manual_source_guides_then_imports(tmp_path: Path) -> None:
     (folder / "HandSet.yaml").write_text(yaml.safe_dump(manual))
     raw, downloads = tmp_path / "raw", tmp_path / "dl"
     result = runner.invoke(app, ["fetch", "handset", "--registry", str(folder), "--raw", str(raw), "--downloads", str(downloads)])
-    assert result.exit_code == 0 and "Fill the form" in result.output and "--from FILE" in result.output
+    assert result.exit_code == 3 and "Fill the form" in result.output and "--from FILE" in result.output
     (tmp_path / "mine.zip").write_bytes(ARCHIVE)
     result = runner.invoke(
         app,
@@ -206,10 +206,8 @@ def test_import_is_checked_against_pinned_checksums(tmp_path: Path) -> None:
     )
     reg = registry_with(tmp_path, pinned)
     (tmp_path / "data.zip").write_bytes(ARCHIVE)
-    from us43d.fetch.http import DownloadError
-
-    with pytest.raises(DownloadError, match="sha256"):
-        fetch(list(reg), tmp_path / "dl", tmp_path / "raw", imported=[tmp_path / "data.zip"])
+    (outcome,) = fetch(list(reg), tmp_path / "dl", tmp_path / "raw", imported=[tmp_path / "data.zip"])
+    assert outcome.state == "failed" and "sha256" in outcome.messages[0]
     assert not (tmp_path / "raw" / "Pinned").exists()
 
 
@@ -231,7 +229,12 @@ def test_import_keeps_what_the_automatic_sources_brought(tmp_path: Path, monkeyp
 
 
 def test_content_check_for_archives_without_a_stable_checksum(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    good = zip_bytes({"CAMUS_public/database_nifti/patient0001/patient0001_2CH_half_sequence.nii.gz": b"x"})
+    good = zip_bytes(
+        {
+            "CAMUS_public/database_nifti/patient0001/patient0001_2CH_half_sequence.nii.gz": b"x",
+            "CAMUS_public/database_nifti/patient0001/patient0001_2CH_half_sequence_gt.nii.gz": b"x",
+        }
+    )
     bad = zip_bytes({"CAMUS_public/readme.txt": b"maintenance page"})
     pattern = "database_nifti/patient*/patient*_2CH_half_sequence.nii.gz"
     for name, payload, fetched in (("Bad", bad, False), ("Good", good, True)):
@@ -243,7 +246,8 @@ def test_content_check_for_archives_without_a_stable_checksum(tmp_path: Path, mo
                 "files": [{"name": f"{name}.zip"}],
                 "contents": [pattern],
             }
-            reg = registry_with(tmp_path / name, entry(name, [source]))
+            camus = private_entry(name, licence="x", access="open", converter="camus", modality="video", slicing_axis="frames")
+            reg = registry_with(tmp_path / name, {**camus, "sources": [source]})
             (outcome,) = fetch(list(reg), tmp_path / "dl", tmp_path / "raw", policy=FAST)
         assert (outcome.state == "fetched") is fetched, outcome.messages
         assert (tmp_path / "raw" / name).exists() is fetched

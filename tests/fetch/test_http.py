@@ -66,3 +66,86 @@ def test_refusal_carries_the_hint_and_hides_the_query(tmp_path: Path) -> None:
         with pytest.raises(DownloadError) as info:
             download(remote, tmp_path)
     assert "accept the rules" in str(info.value) and "SECRET" not in str(info.value)
+
+
+BIG = os.urandom(1 << 20)
+
+
+def test_redirect_to_plain_http_on_another_host_is_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Only the first URL used to be checked: a redirect to plain http:// elsewhere was followed.
+    The second local server stands for a real host here (it is not counted as loopback)."""
+    from us43d.fetch import http
+
+    with FakePlatform(files={"/a.bin": DATA}) as elsewhere, FakePlatform() as server:
+        server.redirects["/a.bin"] = f"{elsewhere.url}/a.bin?sig=SECRET"
+        monkeypatch.setattr(http, "is_loopback", lambda url: url.startswith(server.url))
+        with pytest.raises(DownloadError, match="redirects to .* only https") as info:
+            download(RemoteFile("a.bin", f"{server.url}/a.bin"), tmp_path)
+        assert elsewhere.requests == [] and "SECRET" not in str(info.value)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_every_hop_is_followed_and_credentials_stay_with_their_host(tmp_path: Path) -> None:
+    with FakePlatform(files={"/a.bin": DATA}) as storage, FakePlatform() as api:
+        api.redirects["/dl"] = f"{storage.url}/a.bin?X-Amz-Signature=SECRET"
+        path = download(RemoteFile("a.bin", f"{api.url}/dl", len(DATA), MD5, auth=("alice", "k3y")), tmp_path)
+        assert path.read_bytes() == DATA
+        assert "Authorization" in api.requests[0][1] and "Authorization" not in storage.requests[0][1]
+
+
+@pytest.mark.parametrize("location", ["/loop?token=SECRET", "ftp://127.0.0.1/a.bin?token=SECRET"])
+def test_redirect_errors_never_print_the_query_token(tmp_path: Path, location: str) -> None:
+    with FakePlatform() as server:
+        server.redirects["/loop"] = location if location.startswith("ftp") else f"{server.url}{location}"
+        with pytest.raises(DownloadError) as info:
+            download(RemoteFile("a.bin", f"{server.url}/loop?token=SECRET"), tmp_path, policy=policy([]))
+    assert "SECRET" not in str(info.value)
+
+
+def test_resume_with_a_lying_content_range_is_refused(tmp_path: Path) -> None:
+    """The server answers the resume with the whole file again, under a Content-Range that
+    claims the asked start: appended, the file grew to 1.5 MiB and was taken as fetched."""
+    with FakePlatform(files={"/a.bin": BIG}, faults={"/a.bin": ["drop", "lie-range"]}) as server:
+        with pytest.raises(DownloadError, match="Content-Range"):
+            download(RemoteFile("a.bin", f"{server.url}/a.bin"), tmp_path, policy=policy([]))
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_resume_whose_total_differs_from_the_first_answer_is_refused(tmp_path: Path) -> None:
+    with FakePlatform(files={"/a.bin": BIG}, faults={"/a.bin": ["drop", "wrong-total"]}) as server:
+        with pytest.raises(DownloadError, match="Content-Range"):
+            download(RemoteFile("a.bin", f"{server.url}/a.bin"), tmp_path, policy=policy([]))
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_body_without_a_length_that_ends_early_is_not_accepted(tmp_path: Path) -> None:
+    with FakePlatform(files={"/a.bin": BIG}, faults={"/a.bin": ["nolength-drop"]}) as server:
+        with pytest.raises(DownloadError, match="no length"):
+            download(RemoteFile("a.bin", f"{server.url}/a.bin"), tmp_path, policy=policy([]))
+    assert list(tmp_path.iterdir()) == []
+    # with a pinned checksum the bytes are checked anyway, so a body without a length is fine
+    sha = hashlib.sha256(BIG).hexdigest()
+    with FakePlatform(files={"/a.bin": BIG}, faults={"/a.bin": ["nolength"]}) as server:
+        assert download(RemoteFile("a.bin", f"{server.url}/a.bin", sha256=sha), tmp_path).read_bytes() == BIG
+
+
+def test_chunked_body_cut_short_is_resumed_not_accepted(tmp_path: Path) -> None:
+    with FakePlatform(files={"/a.bin": BIG}, faults={"/a.bin": ["chunked-drop"]}) as server:
+        assert download(RemoteFile("a.bin", f"{server.url}/a.bin"), tmp_path, policy=policy([])).read_bytes() == BIG
+    with FakePlatform(files={"/b.bin": BIG}, faults={"/b.bin": ["chunked-drop"] * 10}) as server:
+        with pytest.raises(DownloadError, match="giving up"):
+            download(RemoteFile("b.bin", f"{server.url}/b.bin"), tmp_path, policy=policy([]))
+    assert not (tmp_path / "b.bin").exists()
+    with FakePlatform(files={"/c.bin": BIG}, faults={"/c.bin": ["chunked"]}) as server:
+        assert download(RemoteFile("c.bin", f"{server.url}/c.bin"), tmp_path).read_bytes() == BIG
+
+
+def test_html_page_where_a_file_was_expected_is_an_error(tmp_path: Path) -> None:
+    with FakePlatform(files={"/record/1263/": DATA}, faults={"/record/1263/": ["html"]}) as server:
+        with pytest.raises(DownloadError, match="HTML page"):
+            download(RemoteFile("data.zip", f"{server.url}/record/1263/"), tmp_path)
+    html = b"  <!doctype html><html><body>Please log in</body></html>"
+    with FakePlatform(files={"/x.zip": html}) as server:  # served as application/octet-stream
+        with pytest.raises(DownloadError, match="HTML page"):
+            download(RemoteFile("x.zip", f"{server.url}/x.zip"), tmp_path)
+    assert list(tmp_path.iterdir()) == []
