@@ -162,7 +162,11 @@ def test_kaggle_location_without_owner_is_a_message(tmp_path: Path, monkeypatch:
 
 
 def test_a_very_long_dataset_id_is_fetched_or_reported(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    long_id = "A" * 250
+    from us43d.errors import RegistryError
+
+    with pytest.raises(RegistryError, match="field 'id'"):  # 250 characters: refused, with its field named
+        registry_with(tmp_path / "too-long", entry("A" * 250, [{"kind": "http", "location": "https://example.org/a/data.zip"}]))
+    long_id = "A" * 64  # the longest id the registry takes
     with FakePlatform(files={"/a/data.zip": ARCHIVE}) as server:
         monkeypatch.setenv("US43D_HTTP_URL", server.url)
         reg = registry_with(tmp_path, entry(long_id, [{"kind": "http", "location": "https://example.org/a/data.zip"}]))
