@@ -22,6 +22,7 @@ from helpers import (
 from us43d.corpus.build import StrictStop
 from us43d.corpus.validate import validate_corpus
 from us43d.errors import CorpusError, RegistryError
+from us43d.registry import Registry
 
 OUTPUTS = [
     "coco/train.json",
@@ -175,9 +176,9 @@ def test_validate_catches_broken_promises(tmp_path: Path) -> None:
     train_path.write_text(json.dumps(doc))
     os.remove(out / "images" / doc["images"][2]["file_name"])
     problems = "\n".join(validate_corpus(out).problems)
-    assert "differs from its RLE" in problems
-    assert "is missing" in problems
-    assert "COCO says" in problems or "RLE size" in problems
+    assert f"has bbox {doc['annotations'][0]['bbox']}, the build wrote" in problems
+    assert f"images/{doc['images'][2]['file_name']} is missing" in problems
+    assert f"has width {doc['images'][1]['width']}, the build wrote" in problems
 
     shutil.rmtree(out)
     shutil.copytree(pristine, out)
@@ -227,3 +228,130 @@ def test_sixteen_bit_sources_are_written_unchanged(tmp_path: Path, rng: np.rando
     with Image.open(tmp_path / "out" / "images" / "STU-Hospital" / "Test_Image_1.png") as written:
         assert written.mode == "I;16"
         np.testing.assert_array_equal(np.asarray(written), deep)
+
+
+def _files(root: Path) -> dict[str, bytes]:
+    return {p.relative_to(root).as_posix(): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def test_a_rerun_rebuilds_a_dataset_whose_pngs_were_deleted_or_changed(tmp_path: Path) -> None:
+    make_stu_hospital(tmp_path / "raw" / "STU-Hospital", n=5, wrapper=None)
+    build(tmp_path / "raw", tmp_path / "out")
+    victim = tmp_path / "out" / "images" / "STU-Hospital" / "Test_Image_2.png"
+    good = victim.read_bytes()
+    victim.unlink()
+    deleted = build(tmp_path / "raw", tmp_path / "out").reports["STU-Hospital"]
+    assert not deleted.reused and victim.read_bytes() == good
+    victim.write_bytes(good[:-10])  # cut short: same name, other size
+    changed = build(tmp_path / "raw", tmp_path / "out").reports["STU-Hospital"]
+    assert not changed.reused and victim.read_bytes() == good
+    assert build(tmp_path / "raw", tmp_path / "out").reports["STU-Hospital"].reused
+    assert validate_corpus(tmp_path / "out", deep=True).ok
+
+
+def _lose_a_png(out: Path) -> None:
+    (out / "images" / "Other" / "Test_Image_1.png").unlink()
+
+
+def _lose_the_folder(out: Path) -> None:
+    shutil.rmtree(out / "images" / "Other")
+
+
+def _older_state(out: Path) -> None:
+    path = out / ".state" / "Other.json"
+    path.write_text(json.dumps({**load_json(path), "version": 1}))
+
+
+@pytest.mark.parametrize(
+    "damage, words",
+    [(_lose_a_png, "missing or changed"), (_lose_the_folder, "missing or changed"), (_older_state, "another version")],
+)
+def test_a_dataset_outside_the_run_that_cannot_be_trusted_is_a_problem_not_a_table_row(
+    tmp_path: Path, damage, words: str
+) -> None:
+    registry = write_entries(tmp_path / "registry", private_entry("Other"))
+    make_stu_hospital(tmp_path / "raw" / "STU-Hospital", n=3, wrapper=None)
+    make_stu_hospital(tmp_path / "raw" / "Other", n=3, seed=1, wrapper=None)
+    build(tmp_path / "raw", tmp_path / "out", registry_dirs=[registry])
+    damage(tmp_path / "out")
+    result = build(tmp_path / "raw", tmp_path / "out", ["STU-Hospital"], registry_dirs=[registry])
+    assert [(p["dataset"], words in p["reason"]) for p in beyond_coverage(result.problems)] == [("Other", True)]
+    merged = load_json(tmp_path / "out" / "coco" / "train.json")
+    assert {i["dataset"] for i in merged["images"]} == {"STU-Hospital"}  # no row points at a file that is not there
+    assert not list((tmp_path / "out" / "coco").glob("Other/*.json"))
+    assert "Other" not in load_json(tmp_path / "out" / "build.json")["datasets"]
+    assert build(tmp_path / "raw", tmp_path / "out", registry_dirs=[registry]).reports["Other"].images == 3  # rebuilt
+    assert validate_corpus(tmp_path / "out", registry=Registry.load([registry])).ok
+
+
+def test_raw_and_out_may_not_be_one_folder_or_hold_one_another(tmp_path: Path) -> None:
+    corpus = tmp_path / "x"
+    raw = corpus / "images"  # `build --raw X/images --out X`: OUT/images/<ID> would be the raw data
+    make_stu_hospital(raw / "STU-Hospital", n=2, wrapper=None)
+    (tmp_path / "link").symlink_to(raw)
+    before = _files(tmp_path)
+    for raw_arg, out_arg in (
+        (raw, corpus),
+        (raw, raw),
+        (raw, raw / "corpus"),
+        (corpus, tmp_path / "link"),
+        (tmp_path / "link", corpus),
+    ):
+        with pytest.raises(CorpusError, match="same folder or one is inside the other"):
+            build(raw_arg, out_arg)
+        assert _files(tmp_path) == before, (raw_arg, out_arg)
+
+
+def test_out_must_be_a_folder_and_a_us43d_corpus_or_empty(tmp_path: Path) -> None:
+    make_stu_hospital(tmp_path / "raw" / "STU-Hospital", n=2, wrapper=None)
+    (tmp_path / "a-file").write_text("mine")
+    with pytest.raises(CorpusError, match="is not a folder"):
+        build(tmp_path / "raw", tmp_path / "a-file")
+    with pytest.raises(CorpusError, match="is not a folder"):
+        build(tmp_path / "raw", tmp_path / "a-file" / "corpus")
+    assert (tmp_path / "a-file").read_text() == "mine"
+    users = tmp_path / "photos"
+    (users / "images" / "STU-Hospital").mkdir(parents=True)
+    (users / "images" / "STU-Hospital" / "holiday.png").write_bytes(b"not ours")
+    (users / "notes.txt").write_text("mine")
+    with pytest.raises(CorpusError, match="not a us43d corpus"):
+        build(tmp_path / "raw", users)
+    assert _files(users) == {"images/STU-Hospital/holiday.png": b"not ours", "notes.txt": b"mine"}
+    (tmp_path / "empty").mkdir()
+    assert build(tmp_path / "raw", tmp_path / "empty").reports["STU-Hospital"].images == 2
+
+
+def test_a_folder_in_images_that_no_build_made_is_never_deleted(tmp_path: Path) -> None:
+    registry = write_entries(tmp_path / "registry", private_entry("Other"))
+    make_stu_hospital(tmp_path / "raw" / "STU-Hospital", n=2, wrapper=None)
+    make_stu_hospital(tmp_path / "raw" / "Other", n=2, seed=1, wrapper=None)
+    out = tmp_path / "out"
+    build(tmp_path / "raw", out, ["Other"], registry_dirs=[registry])
+    foreign = out / "images" / "STU-Hospital"
+    foreign.mkdir()
+    (foreign / "keep.png").write_bytes(b"somebody's")
+    with pytest.raises(CorpusError, match="not made by us43d"):
+        build(tmp_path / "raw", out, ["STU-Hospital"], registry_dirs=[registry])
+    assert (foreign / "keep.png").read_bytes() == b"somebody's"
+
+
+def test_cli_build_refuses_a_file_as_out_cleanly(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from us43d.cli import app
+
+    make_stu_hospital(tmp_path / "raw" / "STU-Hospital", n=2, wrapper=None)
+    (tmp_path / "a-file").write_text("mine")
+    result = CliRunner().invoke(app, ["build", "--raw", str(tmp_path / "raw"), "--out", str(tmp_path / "a-file")])
+    assert result.exit_code == 2 and "is not a folder" in result.output and "Traceback" not in result.output
+
+
+def test_a_lock_file_that_is_a_link_is_never_written_through(tmp_path: Path) -> None:
+    make_stu_hospital(tmp_path / "raw" / "STU-Hospital", n=2, wrapper=None)
+    build(tmp_path / "raw", tmp_path / "out")
+    (tmp_path / "precious.txt").write_text("mine")
+    (tmp_path / "out" / ".lock").unlink()
+    (tmp_path / "out" / ".lock").symlink_to(tmp_path / "precious.txt")
+    with pytest.raises(CorpusError, match=r"\.lock"):
+        build(tmp_path / "raw", tmp_path / "out")
+    assert (tmp_path / "precious.txt").read_text() == "mine"

@@ -133,9 +133,11 @@ def build(
 ) -> None:
     """Convert raw datasets into one validated corpus (PNG + COCO + Parquet).
 
-    Files that cannot be converted are reported and skipped. The exit code is 1 when a dataset
-    as a whole has a problem: its raw folder is missing, it yields no image, or far fewer images
-    than its registry entry expects."""
+    Files that cannot be converted are reported and skipped (exit 0). Exit 1: a dataset as a
+    whole has a problem (its raw folder is missing, it yields no image or far fewer images than
+    its registry entry expects, or a dataset outside this run lost files). Exit 2: the build did
+    not run or was stopped: OUT held by another build, OUT not a corpus or overlapping RAW, an
+    I/O fault such as a full disk (the previous version of the dataset is kept), --strict."""
     from us43d.corpus.build import BuildOptions, build_corpus
 
     result = build_corpus(
@@ -193,11 +195,16 @@ def _print_build(result: Any) -> None:
 def validate(
     out: Annotated[Path, typer.Argument(help="Corpus folder written by `us43d build`.")],
     pixels: Annotated[bool, typer.Option(help="Also open every PNG to check its size.")] = True,
+    deep: Annotated[bool, typer.Option(help="Also hash every PNG and compare with the hash the build recorded.")] = False,
+    registry: RegistryDirs = None,
 ) -> None:
-    """Check every promise a built corpus makes."""
+    """Check every promise a built corpus makes against the build's own record.
+
+    Exit 0: valid. Exit 1: a problem was found (each is printed, naming its file). Exit 2: OUT
+    holds no corpus, or a build is writing it."""
     from us43d.corpus.validate import validate_corpus
 
-    report = validate_corpus(out, check_pixels=pixels)
+    report = validate_corpus(out, check_pixels=pixels, deep=deep, registry=_registry(registry))
     if report.ok:
         console.print(f"[green]valid[/]: {report.checked_images} images, {report.checked_annotations} annotations")
         return

@@ -1,17 +1,24 @@
 """The corpus build: raw folders in, validated corpus out.
 
-Per dataset: list items (cheap), convert them in worker processes (each writes its PNGs into a
-staging folder and sends back only a small record), then swap the staging folder in and write
-the dataset's state file. The state file is the one and only mark of "done": it is written
-last, so a build killed at any moment leaves nothing that a rerun would trust. A rerun skips a
-dataset whose raw files, converter code and registry entry are unchanged.
+The build holds a lock on OUT from start to end (a second build into it stops at once), and
+works only in a folder that is its own (see output.py). Per dataset: list items (cheap),
+convert them in worker processes (each writes its PNGs into a staging folder and sends back only
+a small record), then commit: write the new state file under a temporary name, swap the staging
+folder in, and rename the state into place. The state file is the one and only mark of "done",
+and its records name every file with its size; a rerun skips a dataset only when its raw files,
+converter code and registry entry are unchanged and every recorded file is still there at its
+size. Until the commit the previous images and state stay untouched, so a build killed or
+stopped by a full disk keeps the previous version of the dataset.
 
-When every requested dataset is done, splits are drawn and the COCO and Parquet files are
-written for every dataset the output folder holds.
+When every requested dataset is done, splits are drawn and the COCO and Parquet files and
+build.json are written, all to temporary names first, for every dataset the output folder holds.
+An I/O fault anywhere (a full disk) stops the build with an OutputWriteError; it is never
+counted as a failed item.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import inspect
 import json
@@ -42,22 +49,25 @@ from rich.progress import (
 import us43d
 from us43d.converters.base import DatasetProblem, Item, load_converter, reported_path
 from us43d.corpus import process
-from us43d.corpus.records import ImageRecord, ItemError, ItemResult
-from us43d.corpus.split import assign_splits
-from us43d.corpus.writers import (
-    DatasetInfo,
-    SplitRecord,
-    atomic_write_bytes,
-    check_unique_ids,
-    dump_json,
-    write_coco,
-    write_parquet,
+from us43d.corpus.output import (
+    IMAGES_MARK,
+    STATE_DIR,
+    OutputWriteError,
+    StagedFiles,
+    changed_files,
+    check_folders,
+    corpus_lock,
+    os_error_text,
+    prepare,
+    remove_temporaries,
 )
+from us43d.corpus.records import STATE_VERSION, ImageRecord, ItemError, ItemResult
+from us43d.corpus.split import split_rows
+from us43d.corpus.writers import DatasetInfo, check_unique_ids, dump_json, write_coco, write_parquet
 from us43d.errors import ConversionError, CorpusError, RegistryError, Us43dError
 from us43d.registry.loader import Registry
 from us43d.registry.schema import DatasetEntry
 
-STATE_VERSION = 1
 _CODE_FILES = (
     "converters/base.py",
     "converters/readers.py",
@@ -121,7 +131,7 @@ class StrictStop(Us43dError):
 
 
 def state_dir(out: Path) -> Path:
-    return out / ".state"
+    return out / STATE_DIR
 
 
 def _raw_folder(raw: Path, dataset_id: str) -> Path | None:
@@ -174,15 +184,33 @@ def fingerprint(entry: DatasetEntry, raw_dir: Path, seedless_options: dict[str, 
     return digest.hexdigest()
 
 
+def _load_state(path: Path) -> dict[str, Any] | None:
+    try:
+        state = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return state if isinstance(state, dict) and state.get("version") == STATE_VERSION else None
+
+
 def _read_state(out: Path, dataset_id: str) -> dict[str, Any] | None:
     path = state_dir(out) / f"{dataset_id}.json"
     if not path.is_file() or not (out / "images" / dataset_id).is_dir():
         return None
+    return _load_state(path)
+
+
+def _state_records(state: dict[str, Any]) -> list[ImageRecord] | None:
     try:
-        state = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError):
+        return [ImageRecord.from_json(r) for r in state["records"]]
+    except (KeyError, TypeError, ValueError):
         return None
-    return state if state.get("version") == STATE_VERSION else None
+
+
+def _intact(out: Path, state: dict[str, Any]) -> bool:
+    """Every file the state records is there at its recorded size: a state is never trusted
+    over files deleted or cut short since (by hand, or by a build that went wrong)."""
+    records = _state_records(state)
+    return records is not None and not changed_files(out / "images", records)
 
 
 def _executor(workers: int) -> Executor | None:
@@ -250,6 +278,28 @@ def _coverage_problems(entry: DatasetEntry, raw_dir: Path, report: DatasetReport
     return []
 
 
+def _check_ours(out: Path, dataset_id: str) -> None:
+    """Before building a dataset, check that a folder already at OUT/images/<ID> was made by a
+    build (it carries the build's mark, or a state names it): the build replaces that folder,
+    and never deletes one it did not make."""
+    final = out / "images" / dataset_id
+    if not (final.exists() or final.is_symlink()):
+        return
+    if final.is_dir() and not final.is_symlink() and (final / IMAGES_MARK).is_file():
+        return
+    if (state_dir(out) / f"{dataset_id}.json").is_file() and not final.is_symlink():
+        return  # built before the mark existed
+    raise CorpusError(f"{final} was not made by us43d; move it out of the corpus to build {dataset_id}")
+
+
+def _staging(out: Path, dataset_id: str) -> Path:
+    return out / "images" / f".staging-{dataset_id}"
+
+
+def _previous(out: Path, dataset_id: str) -> Path:
+    return out / "images" / f".old-{dataset_id}"
+
+
 def _build_dataset(
     entry: DatasetEntry,
     raw_dir: Path,
@@ -258,12 +308,13 @@ def _build_dataset(
     executor: Executor | None,
     progress: Progress | None,
 ) -> tuple[DatasetReport, list[ImageRecord]]:
+    """Convert a dataset into its staging folder; nothing the corpus holds is touched yet."""
     started = time.perf_counter()
     report = DatasetReport(entry.id)
-    images_root = out / "images"
-    staging = images_root / f".staging-{entry.id}"
-    shutil.rmtree(staging, ignore_errors=True)
+    staging = _staging(out, entry.id)
+    shutil.rmtree(staging, ignore_errors=True)  # a killed build's: the name is ours
     staging.mkdir(parents=True)
+    (staging / IMAGES_MARK).write_text(f"{entry.id}\n")  # moves with the folder when it is swapped in
     listed, errors, problems = _list_items(entry, raw_dir)
     if options.strict and (problems or errors):
         first = (problems or errors)[0]
@@ -305,18 +356,18 @@ def _build_dataset(
         first = report.problems[0]
         raise StrictStop(f"{first['dataset']}: {first['file']}: {first['reason']}")
     report.seconds = round(time.perf_counter() - started, 3)
-    # Swap the finished images in, then mark the dataset done. Invalidate the old state first,
-    # so a crash between the two steps leaves a dataset that will simply be rebuilt.
-    state_path = state_dir(out) / f"{entry.id}.json"
-    state_path.unlink(missing_ok=True)
-    final = images_root / entry.id
-    if final.exists():
-        shutil.rmtree(final)
-    os.replace(staging, final)
     return report, records
 
 
-def _write_state(out: Path, entry: DatasetEntry, print_: str, report: DatasetReport, records: list[ImageRecord]) -> None:
+def _commit_dataset(out: Path, entry: DatasetEntry, print_: str, report: DatasetReport, records: list[ImageRecord]) -> None:
+    """Swap the finished images in and mark the dataset done, with no moment at which a state
+    names files that are not there.
+
+    Everything that needs disk space (the new state file) is written before the previous
+    version is touched; then three renames: old images aside, new images in, new state over the
+    old one. A failed rename puts the previous images back; a kill between renames leaves either
+    no image folder or the old state over new files, and the fingerprint and file checks rebuild
+    the dataset in both cases."""
     state = {
         "version": STATE_VERSION,
         "fingerprint": print_,
@@ -324,7 +375,30 @@ def _write_state(out: Path, entry: DatasetEntry, print_: str, report: DatasetRep
         "report": asdict(report),
         "records": [r.to_json() for r in records],
     }
-    atomic_write_bytes(state_dir(out) / f"{entry.id}.json", dump_json(state))
+    state_path = state_dir(out) / f"{entry.id}.json"
+    new_state = StagedFiles()
+    staging, final, previous = _staging(out, entry.id), out / "images" / entry.id, _previous(out, entry.id)
+    try:
+        new_state.write(state_path, dump_json(state))
+        shutil.rmtree(previous, ignore_errors=True)  # a killed build's: the name is ours
+        had_previous = final.exists()
+        if had_previous:
+            os.replace(final, previous)
+        swapped = False
+        try:
+            os.replace(staging, final)
+            swapped = True
+            new_state.commit()
+        except OSError:
+            with contextlib.suppress(OSError):
+                if swapped:
+                    os.replace(final, staging)
+                if had_previous:
+                    os.replace(previous, final)
+            raise
+    finally:
+        new_state.discard()
+    shutil.rmtree(previous, ignore_errors=True)
 
 
 def _select(registry: Registry, raw: Path, dataset_ids: Sequence[str] | None) -> list[DatasetEntry]:
@@ -358,16 +432,48 @@ def build_corpus(
     options: BuildOptions | None = None,
     console: Console | None = None,
 ) -> BuildResult:
+    """Build the requested datasets (default: every dataset found in RAW) into OUT.
+
+    Raises CorpusError when the build cannot run (RAW missing, OUT not ours or held by another
+    build) and OutputWriteError when an I/O fault stopped it; problems of single datasets are
+    reported in the result instead."""
     options = options or BuildOptions()
     if not raw.is_dir():
         raise CorpusError(f"RAW folder {raw} does not exist")
+    check_folders(raw, out)
     entries = _select(registry, raw, dataset_ids)
-    out.mkdir(parents=True, exist_ok=True)
+    try:
+        prepare(out)
+        with corpus_lock(out):
+            return _build_locked(registry, raw, out, entries, options, console)
+    except OutputWriteError as exc:
+        raise OutputWriteError(f"{exc}. {_STOPPED}") from exc
+    except OSError as exc:
+        raise OutputWriteError(f"I/O error: {os_error_text(exc)}. {_STOPPED}") from exc
+
+
+_STOPPED = (
+    "The build stopped; what it finished is kept and nothing is left half-written (a dataset being rebuilt keeps "
+    "its previous version). `us43d validate` shows what is not up to date; fix the cause (e.g. free disk space) "
+    "and build again"
+)
+
+
+def _build_locked(
+    registry: Registry,
+    raw: Path,
+    out: Path,
+    entries: Sequence[DatasetEntry],
+    options: BuildOptions,
+    console: Console | None,
+) -> BuildResult:
     reports: dict[str, DatasetReport] = {}
     dataset_errors: list[dict[str, str]] = []
+    checked: set[str] = set()  # datasets whose files this run wrote or found intact
     started = time.perf_counter()
     executor = None
     progress = _progress(options.progress, console)
+    remove_temporaries([state_dir(out)])
     try:
         if progress:
             progress.start()
@@ -391,40 +497,62 @@ def build_corpus(
                 dataset_errors.append({"dataset": entry.id, "file": str(raw_dir), "reason": str(exc)})
                 continue
             state = None if options.force else _read_state(out, entry.id)
-            if state is not None and state.get("fingerprint") == print_:
+            if state is not None and state.get("fingerprint") == print_ and _intact(out, state):
                 report = DatasetReport(**{**state["report"], "reused": True})
                 reports[entry.id] = report
+                checked.add(entry.id)
                 if progress:
                     progress.add_task(f"{entry.id} (unchanged)", total=report.items, completed=report.items)
                 continue
+            _check_ours(out, entry.id)
             if executor is None:
                 executor = _executor(options.workers)
-            report, records = _build_dataset(entry, raw_dir, out, options, executor, progress)
-            _write_state(out, entry, print_, report, records)
+            try:
+                report, records = _build_dataset(entry, raw_dir, out, options, executor, progress)
+                _commit_dataset(out, entry, print_, report, records)
+            except BaseException:
+                # Workers still running would write into the staging folder: stop them first.
+                if executor is not None:
+                    executor.shutdown(wait=True, cancel_futures=True)
+                    executor = None
+                shutil.rmtree(_staging(out, entry.id), ignore_errors=True)
+                raise
             reports[entry.id] = report
+            checked.add(entry.id)
     finally:
         if progress:
             progress.stop()
         if executor is not None:
             executor.shutdown(cancel_futures=True)
-    return _finish(out, reports, dataset_errors, options, time.perf_counter() - started, registry)
+    return _finish(out, reports, dataset_errors, options, time.perf_counter() - started, registry, checked)
 
 
-def load_states(out: Path) -> tuple[dict[str, DatasetInfo], dict[str, list[ImageRecord]], dict[str, dict[str, Any]]]:
-    """Every dataset the output folder holds as done, in id order."""
+def load_states(
+    out: Path,
+) -> tuple[dict[str, DatasetInfo], dict[str, list[ImageRecord]], dict[str, dict[str, Any]], list[str]]:
+    """Every dataset the output folder holds as done, in id order, and the ids of state files
+    that cannot be used (unreadable, or written by another version of us43d)."""
     infos: dict[str, DatasetInfo] = {}
     records: dict[str, list[ImageRecord]] = {}
     reports: dict[str, dict[str, Any]] = {}
+    unusable: list[str] = []
     folder = state_dir(out)
     for path in sorted(folder.glob("*.json")) if folder.is_dir() else []:
-        state = _read_state(out, path.stem)
-        if state is None:
+        state = _load_state(path)
+        dataset_records = None if state is None else _state_records(state)
+        try:
+            info = state["info"]  # type: ignore[index]
+            dataset = DatasetInfo(info["id"], info["organ"], tuple(info["categories"]))
+            report = dict(state["report"])  # type: ignore[index]
+        except (KeyError, TypeError, ValueError):
+            dataset_records = None
+        if dataset_records is None or dataset.id != path.stem:
+            unusable.append(path.stem)
             continue
-        info = state["info"]
-        infos[info["id"]] = DatasetInfo(info["id"], info["organ"], tuple(info["categories"]))
-        records[info["id"]] = [ImageRecord.from_json(r) for r in state["records"]]
-        reports[info["id"]] = state["report"]
-    return infos, records, reports
+        infos[dataset.id] = dataset
+        records[dataset.id] = dataset_records
+        reports[dataset.id] = report
+    return infos, records, reports, unusable
 
 
 def _versions() -> dict[str, str]:
@@ -450,41 +578,73 @@ def _finish(
     options: BuildOptions,
     seconds: float,
     registry: Registry,
+    checked: set[str],
 ) -> BuildResult:
     started = time.perf_counter()
-    infos, records, stored_reports = load_states(out)
-    rows: list[SplitRecord] = []
-    split_counts: dict[str, dict[str, int]] = {}
-    for dataset_id, dataset_records in records.items():
-        splits = assign_splits(dataset_records, seed=options.seed)
-        counts = Counter(splits.values())
-        split_counts[dataset_id] = {s: counts.get(s, 0) for s in ("train", "val", "test")}
-        rows.extend(SplitRecord(r, splits[r.key]) for r in dataset_records)
-    check_unique_ids(rows)
-    write_coco(out, infos, rows)
-    write_parquet(out, infos, rows)
-    all_reports = {k: DatasetReport(**v) for k, v in stored_reports.items()}
-    all_reports.update({k: v for k, v in this_run.items()})
+    infos, records, stored_reports, unusable = load_states(out)
     problems = list(dataset_errors)
+    for dataset_id in unusable:
+        problems.append(
+            {
+                "dataset": dataset_id,
+                "file": str(state_dir(out) / f"{dataset_id}.json"),
+                "reason": "its build state cannot be read or is from another version of us43d; it is left out of the "
+                f"tables: run `us43d build {dataset_id}`",
+            }
+        )
+    for dataset_id in [d for d in records if d not in checked]:
+        changed = changed_files(out / "images", records[dataset_id])
+        if changed:  # a dataset outside this run lost files: no table row may point at them
+            problems.append(
+                {
+                    "dataset": dataset_id,
+                    "file": str(out / "images" / dataset_id),
+                    "reason": f"{len(changed)} of {len(records[dataset_id])} images are missing or changed since they were "
+                    f"built (e.g. {changed[0]}); it is left out of the tables: run `us43d build {dataset_id}`",
+                }
+            )
+            for table in (infos, records, stored_reports):
+                del table[dataset_id]
+    rows, split_counts = split_rows(records, options.seed)
+    check_unique_ids(rows)
+    all_reports = {k: DatasetReport(**v) for k, v in stored_reports.items()}
+    all_reports.update({k: v for k, v in this_run.items() if k in records})
     errors: list[dict[str, str]] = []
     for _, report in sorted(all_reports.items()):
         problems.extend(report.problems)
         errors.extend(report.errors)
-    build = {
-        "versions": _versions(),
-        "registry_hash": registry.digest(),
-        "seed": options.seed,
-        "datasets": {k: {**asdict(v), "splits": split_counts.get(k, {})} for k, v in sorted(all_reports.items())},
-        "problems": problems,
-        "errors": errors,
-        "totals": {
-            "images": sum(len(v) for v in records.values()),
-            "instances": sum(len(r.annotations) for v in records.values() for r in v),
-            "problems": len(problems),
-            "errors": len(errors),
-        },
-        "timings": {"datasets_seconds": round(seconds, 3), "write_seconds": round(time.perf_counter() - started, 3)},
-        "command": " ".join(sys.argv[1:]) if sys.argv else "",
-    }
-    atomic_write_bytes(out / "build.json", (json.dumps(build, indent=2) + "\n").encode())
+    files = StagedFiles()
+    remove_temporaries([out, out / "coco", *(out / "coco" / d for d in infos), out / "parquet"])
+    try:
+        write_coco(out, infos, rows, files)
+        write_parquet(out, infos, rows, files)
+        build = {
+            "versions": _versions(),
+            "registry_hash": registry.digest(),
+            "seed": options.seed,
+            "datasets": {k: {**asdict(v), "splits": split_counts.get(k, {})} for k, v in sorted(all_reports.items())},
+            "problems": problems,
+            "errors": errors,
+            "totals": {
+                "images": sum(len(v) for v in records.values()),
+                "instances": sum(len(r.annotations) for v in records.values() for r in v),
+                "problems": len(problems),
+                "errors": len(errors),
+            },
+            "timings": {"datasets_seconds": round(seconds, 3), "write_seconds": round(time.perf_counter() - started, 3)},
+            "command": " ".join(sys.argv[1:]) if sys.argv else "",
+        }
+        files.write(out / "build.json", (json.dumps(build, indent=2) + "\n").encode())
+        files.commit()
+    except OSError as exc:
+        raise OutputWriteError(
+            f"cannot write the corpus tables ({os_error_text(exc)}); the COCO and Parquet files and build.json "
+            "were left as they were, behind the datasets built"
+        ) from exc
+    finally:
+        files.discard()
+    for folder in (out / "coco").iterdir() if (out / "coco").is_dir() else []:
+        if folder.is_dir() and not folder.is_symlink() and folder.name not in infos:
+            with contextlib.suppress(OSError):
+                folder.rmdir()  # emptied above; never removes a folder that holds anything
     return BuildResult(out, all_reports, problems, errors, split_counts)

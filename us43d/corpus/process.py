@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import io
 import os
 import re
 from dataclasses import dataclass
@@ -14,6 +16,7 @@ from PIL import Image
 from us43d.converters.base import Converter, Item, Sample, load_converter, reported_path
 from us43d.corpus.field_of_view import image_field_of_view
 from us43d.corpus.instances import extract_instances
+from us43d.corpus.output import OutputWriteError, write_failure
 from us43d.corpus.records import AnnotationRecord, ImageRecord, ItemError, ItemResult
 from us43d.errors import ConversionError
 from us43d.registry.schema import DatasetEntry
@@ -44,15 +47,38 @@ def safe_key(key: str) -> str:
     return "/".join(parts)
 
 
-def write_png(pixels: np.ndarray, path: Path) -> None:
-    """Write atomically: a reader never sees a half-written file under the final name."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+def encode_png(pixels: np.ndarray) -> bytes:
+    """The PNG bytes of an image. A failure here is the item's (an array PNG cannot hold)."""
     if pixels.dtype == np.uint16 and pixels.ndim == 3:
         raise ConversionError("16-bit colour images are not supported")
     image = Image.fromarray(pixels)  # uint8 -> L or RGB, uint16 -> I;16: values unchanged
-    image.save(tmp, format="PNG", compress_level=PNG_COMPRESS_LEVEL)
-    os.replace(tmp, path)
+    buffer = io.BytesIO()
+    try:
+        image.save(buffer, format="PNG", compress_level=PNG_COMPRESS_LEVEL)
+    except OSError as exc:  # Pillow's "cannot write mode X as PNG"
+        raise ConversionError(f"cannot encode as PNG: {exc}") from exc
+    return buffer.getvalue()
+
+
+def write_png(pixels: np.ndarray, path: Path) -> tuple[int, str]:
+    """Write atomically (a reader never sees a half-written file under the final name); return
+    the file's size and sha256, which the build records.
+
+    An OSError here is a fault of the output (a full disk), raised as is: the caller stops the
+    build on it rather than counting it against the item."""
+    data = encode_png(pixels)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    try:
+        tmp.write_bytes(data)
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            tmp.unlink(missing_ok=True)
+        except OSError:
+            pass
+        raise
+    return len(data), hashlib.sha256(data).hexdigest()
 
 
 def _record(task: Task, item: Item, sample: Sample, result: ItemResult, written: list[Path]) -> None:
@@ -80,7 +106,10 @@ def _record(task: Task, item: Item, sample: Sample, result: ItemResult, written:
         return
     key = safe_key(sample.key)
     path = task.images_dir / f"{key}.png"
-    write_png(image, path)
+    try:
+        size, digest = write_png(image, path)
+    except OSError as exc:
+        raise write_failure(path, exc) from exc
     written.append(path)
     h, w = image.shape[:2]
     result.records.append(
@@ -95,13 +124,16 @@ def _record(task: Task, item: Item, sample: Sample, result: ItemResult, written:
             group=sample.group if sample.group is not None else (item.group if item.group is not None else key),
             official_split=sample.split if sample.split is not None else item.split,
             annotations=tuple(AnnotationRecord(i.category, i.rle_counts, i.bbox, i.area) for i in stats.instances),
+            size=size,
+            sha256=digest,
         )
     )
 
 
 def process_item(task: Task, item: Item) -> ItemResult:
     """Convert one item. A failure anywhere discards the whole item (all its frames) and is
-    reported with the file that caused it; it never leaves a partial item behind."""
+    reported with the file that caused it; it never leaves a partial item behind. A failure to
+    write our own output is no item's fault: it stops the build."""
     result = ItemResult()
     written: list[Path] = []
     try:
@@ -110,6 +142,8 @@ def process_item(task: Task, item: Item) -> ItemResult:
         converter = _converter(task.entry.converter)
         for sample in converter.read_item(task.raw, item, task.entry):
             _record(task, item, sample, result, written)
+    except OutputWriteError:
+        raise
     except Exception as exc:  # noqa: BLE001 - any failure of one item is reported, never fatal here
         for path in written:
             path.unlink(missing_ok=True)

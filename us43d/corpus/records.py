@@ -7,6 +7,9 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 SPLITS = ("train", "val", "test")
+# Version of the per-dataset state files (OUT/.state/<ID>.json). A state of another version is
+# never trusted: its dataset is rebuilt.
+STATE_VERSION = 2
 
 
 @dataclass(frozen=True)
@@ -29,6 +32,10 @@ class ImageRecord:
     group: str
     official_split: str | None
     annotations: tuple[AnnotationRecord, ...]
+    # The written PNG as the build left it: a rerun reuses a dataset only while every file still
+    # has its size, and `us43d validate --deep` compares the bytes with the hash.
+    size: int = 0
+    sha256: str = ""
 
     @property
     def image_id(self) -> int:

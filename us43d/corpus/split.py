@@ -11,9 +11,10 @@ from __future__ import annotations
 import hashlib
 import math
 from collections import Counter, defaultdict
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
-from us43d.corpus.records import ImageRecord
+from us43d.corpus.records import SPLITS, ImageRecord
+from us43d.corpus.writers import SplitRecord
 
 VAL_FRACTION = 0.05
 
@@ -74,3 +75,16 @@ def assign_splits(records: Sequence[ImageRecord], seed: int = 0, val_fraction: f
         for record in members:
             splits[record.key] = split
     return splits
+
+
+def split_rows(records: Mapping[str, Sequence[ImageRecord]], seed: int) -> tuple[list[SplitRecord], dict[str, dict[str, int]]]:
+    """Every record of every dataset with its split, in dataset then key order, and the counts
+    per dataset: what the build writes, and what `us43d validate` expects to find."""
+    rows: list[SplitRecord] = []
+    counts: dict[str, dict[str, int]] = {}
+    for dataset_id, dataset_records in records.items():
+        splits = assign_splits(dataset_records, seed=seed)
+        tally = Counter(splits.values())
+        counts[dataset_id] = {s: tally.get(s, 0) for s in SPLITS}
+        rows.extend(SplitRecord(r, splits[r.key]) for r in dataset_records)
+    return rows, counts

@@ -1,7 +1,10 @@
 """COCO JSON and Parquet writers.
 
 Outputs are byte-identical for identical inputs: rows sorted by dataset and key, ids derived
-from keys, JSON keys in a fixed order, and every file written to a temporary name first.
+from keys, JSON keys in a fixed order. Every file goes through a StagedFiles set: written to a
+temporary name first and renamed into place only when all are written. `us43d validate` derives
+the expected content with the same functions (image_json, annotations_json, parquet_columns) and
+compares it with what is on disk.
 """
 
 from __future__ import annotations
@@ -9,7 +12,8 @@ from __future__ import annotations
 import json
 import os
 from collections import defaultdict
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -17,6 +21,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from us43d.corpus.output import StagedFiles
 from us43d.corpus.records import SPLITS, ImageRecord
 from us43d.errors import CorpusError
 
@@ -49,11 +54,21 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
     os.replace(tmp, path)
 
 
+@contextmanager
+def _committed() -> Iterator[StagedFiles]:
+    files = StagedFiles()
+    try:
+        yield files
+        files.commit()
+    finally:
+        files.discard()
+
+
 def dump_json(data: Any) -> bytes:
     return (json.dumps(data, separators=(",", ":"), ensure_ascii=False) + "\n").encode()
 
 
-def _image_json(record: ImageRecord) -> dict[str, Any]:
+def image_json(record: ImageRecord) -> dict[str, Any]:
     return {
         "id": record.image_id,
         "file_name": record.file_name,
@@ -66,7 +81,7 @@ def _image_json(record: ImageRecord) -> dict[str, Any]:
     }
 
 
-def _annotations_json(record: ImageRecord, category_id: Any) -> list[dict[str, Any]]:
+def annotations_json(record: ImageRecord, category_id: Any) -> list[dict[str, Any]]:
     return [
         {
             "id": record.annotation_id(index),
@@ -86,8 +101,8 @@ def coco_document(
 ) -> dict[str, Any]:
     images, annotations = [], []
     for record in records:
-        images.append(_image_json(record))
-        annotations.extend(_annotations_json(record, category_id))
+        images.append(image_json(record))
+        annotations.extend(annotations_json(record, category_id))
     return {
         "info": {"description": description},
         "images": images,
@@ -105,30 +120,45 @@ def check_unique_ids(rows: Sequence[SplitRecord]) -> None:
             raise CorpusError(f"image id collision between {other} and {r.dataset}/{r.key}; rename one key")
 
 
-def write_coco(out: Path, datasets: Mapping[str, DatasetInfo], rows: Sequence[SplitRecord]) -> None:
-    """Per-dataset files with the dataset's categories, and merged class-agnostic files."""
+def dataset_categories(info: DatasetInfo) -> list[dict[str, Any]]:
+    """A dataset's COCO categories: ids in the registry's order, the organ as supercategory."""
+    return [{"id": i + 1, "name": n, "supercategory": info.organ} for i, n in enumerate(info.categories)]
+
+
+def write_coco(
+    out: Path, datasets: Mapping[str, DatasetInfo], rows: Sequence[SplitRecord], files: StagedFiles | None = None
+) -> None:
+    """Per-dataset files with the dataset's categories, and merged class-agnostic files. A split
+    without images has no file, nor has a dataset the corpus no longer holds. Written into
+    `files` (committed by the caller), or, without it, in place at once."""
+    if files is None:
+        with _committed() as files:
+            return write_coco(out, datasets, rows, files)
     coco_dir = out / "coco"
     buckets: dict[tuple[str, str], list[ImageRecord]] = defaultdict(list)
     for row in rows:
         buckets[row.record.dataset, row.split].append(row.record)
     for dataset_id, info in datasets.items():
-        categories = [{"id": i + 1, "name": n, "supercategory": info.organ} for i, n in enumerate(info.categories)]
         for split in SPLITS:
             chosen = buckets.get((dataset_id, split), [])
             path = coco_dir / dataset_id / f"{split}.json"
             if not chosen:
-                path.unlink(missing_ok=True)
+                files.remove(path)
                 continue
-            doc = coco_document(chosen, categories, info.category_id, f"US-43d {dataset_id} {split}")
-            atomic_write_bytes(path, dump_json(doc))
+            doc = coco_document(chosen, dataset_categories(info), info.category_id, f"US-43d {dataset_id} {split}")
+            files.write(path, dump_json(doc))
+    for folder in sorted(coco_dir.iterdir()) if coco_dir.is_dir() else []:
+        if folder.is_dir() and not folder.is_symlink() and folder.name not in datasets:
+            for split in SPLITS:
+                files.remove(folder / f"{split}.json")
     for split in SPLITS:
         chosen = [r.record for r in rows if r.split == split]
         path = coco_dir / f"{split}.json"
         if not chosen:
-            path.unlink(missing_ok=True)
+            files.remove(path)
             continue
         doc = coco_document(chosen, [AGNOSTIC_CATEGORY], lambda _name: 1, f"US-43d {split}, class-agnostic")
-        atomic_write_bytes(path, dump_json(doc))
+        files.write(path, dump_json(doc))
 
 
 IMAGE_SCHEMA = pa.schema(
@@ -166,15 +196,17 @@ ANNOTATION_SCHEMA = pa.schema(
 )
 
 
-def _write_table(path: Path, columns: dict[str, list[Any]], schema: pa.Schema) -> None:
+def _table_bytes(columns: dict[str, list[Any]], schema: pa.Schema) -> bytes:
     table = pa.Table.from_pydict(columns, schema=schema)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    pq.write_table(table, tmp, compression="zstd", write_statistics=True)
-    os.replace(tmp, path)
+    sink = pa.BufferOutputStream()
+    pq.write_table(table, sink, compression="zstd", write_statistics=True)
+    return sink.getvalue().to_pybytes()
 
 
-def write_parquet(out: Path, datasets: Mapping[str, DatasetInfo], rows: Sequence[SplitRecord]) -> None:
+def parquet_columns(
+    datasets: Mapping[str, DatasetInfo], rows: Sequence[SplitRecord]
+) -> tuple[dict[str, list[Any]], dict[str, list[Any]]]:
+    """The columns of images.parquet and annotations.parquet, row by row in `rows` order."""
     images: dict[str, list[Any]] = {name: [] for name in IMAGE_SCHEMA.names}
     anns: dict[str, list[Any]] = {name: [] for name in ANNOTATION_SCHEMA.names}
     for row in rows:
@@ -211,5 +243,15 @@ def write_parquet(out: Path, datasets: Mapping[str, DatasetInfo], rows: Sequence
                 ("width", r.width),
             ):
                 anns[name].append(value)
-    _write_table(out / "parquet" / "images.parquet", images, IMAGE_SCHEMA)
-    _write_table(out / "parquet" / "annotations.parquet", anns, ANNOTATION_SCHEMA)
+    return images, anns
+
+
+def write_parquet(
+    out: Path, datasets: Mapping[str, DatasetInfo], rows: Sequence[SplitRecord], files: StagedFiles | None = None
+) -> None:
+    if files is None:
+        with _committed() as files:
+            return write_parquet(out, datasets, rows, files)
+    images, anns = parquet_columns(datasets, rows)
+    files.write(out / "parquet" / "images.parquet", _table_bytes(images, IMAGE_SCHEMA))
+    files.write(out / "parquet" / "annotations.parquet", _table_bytes(anns, ANNOTATION_SCHEMA))
