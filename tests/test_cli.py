@@ -82,10 +82,70 @@ def test_user_registry_option(tmp_path: Path) -> None:
     assert "Broken.yaml" in result.output and "field 'description'" in result.output
 
 
-@pytest.mark.timeout(120)
 def test_demo_runs_offline(tmp_path: Path) -> None:
-    result = run("demo", "--dir", str(tmp_path / "demo"), "--workers", "2")
+    """The whole path, training included; few iterations, so nothing here waits on the machine's speed."""
+    demo = tmp_path / "demo"
+    result = run("demo", "--dir", str(demo), "--workers", "2", "--train-iters", "3")
     assert result.exit_code == 0, result.output
     assert "valid" in result.output and "BUS-BRA" in result.output
-    images = json.loads((tmp_path / "demo" / "corpus" / "build.json").read_text())["totals"]["images"]
+    assert "training the tiny model for 3 iterations" in result.output and "trained" in result.output
+    images = json.loads((demo / "corpus" / "build.json").read_text())["totals"]["images"]
     assert images >= 16
+    assert torch_state_step(demo / "run" / "checkpoint.pt") == 3
+
+
+def torch_state_step(path: Path) -> int | None:
+    torch = pytest.importorskip("torch")
+    return torch.load(path, weights_only=True)["step"] if path.is_file() else None
+
+
+def test_demo_reruns_in_its_own_folder_and_replaces_only_its_own_files(tmp_path: Path) -> None:
+    demo = tmp_path / "demo"
+    assert run("demo", "--dir", str(demo), "--workers", "1", "--train-iters", "0", "--patients", "9").exit_code == 0
+    (demo / "notes.txt").write_text("mine")
+    again = run("demo", "--dir", str(demo), "--workers", "1", "--train-iters", "0", "--patients", "6")
+    assert again.exit_code == 0, again.output
+    # the earlier, larger synthetic set is gone, not mixed in with the new one
+    raw_images = sorted((demo / "raw" / "BUS-BRA" / "BUSBRA" / "Images").iterdir())
+    assert all(int(p.name[4:8]) <= 6 for p in raw_images), raw_images
+    assert (demo / "notes.txt").read_text() == "mine"
+
+
+def test_demo_refuses_a_folder_it_does_not_own(tmp_path: Path) -> None:
+    """`us43d demo --dir .` in a project must not replace the real raw data or corpus."""
+    project = tmp_path / "project"
+    real_raw = project / "raw" / "BUS-BRA" / "BUSBRA" / "Images"
+    real_raw.mkdir(parents=True)
+    (real_raw / "bus_0001-l.png").write_bytes(b"a real image")
+    (project / "corpus").mkdir()
+    (project / "corpus" / "build.json").write_text("{}")
+    before = {p: p.read_bytes() for p in project.rglob("*") if p.is_file()}
+    result = run("demo", "--dir", str(project), "--train-iters", "0")
+    assert result.exit_code == 2
+    assert "not made by `us43d demo`" in result.output and "Traceback" not in result.output
+    assert {p: p.read_bytes() for p in project.rglob("*") if p.is_file()} == before
+    (tmp_path / "afile").write_text("x")
+    assert run("demo", "--dir", str(tmp_path / "afile"), "--train-iters", "0").exit_code == 2
+    assert (tmp_path / "afile").read_text() == "x"
+
+
+def test_demo_will_not_delete_through_a_link(tmp_path: Path) -> None:
+    demo = tmp_path / "demo"
+    assert run("demo", "--dir", str(demo), "--workers", "1", "--train-iters", "0", "--patients", "5").exit_code == 0
+    elsewhere = tmp_path / "elsewhere" / "BUS-BRA"
+    elsewhere.mkdir(parents=True)
+    (elsewhere / "keep.png").write_bytes(b"keep")
+    import shutil
+
+    shutil.rmtree(demo / "raw")
+    (demo / "raw").symlink_to(tmp_path / "elsewhere")
+    result = run("demo", "--dir", str(demo), "--workers", "1", "--train-iters", "0", "--patients", "5")
+    assert result.exit_code == 2 and "link" in result.output
+    assert (elsewhere / "keep.png").read_bytes() == b"keep"
+
+
+@pytest.mark.parametrize("flags", [["--patients", "0"], ["--workers", "0"], ["--train-iters", "-1"]])
+def test_demo_refuses_bad_numbers(tmp_path: Path, flags: list[str]) -> None:
+    result = run("demo", "--dir", str(tmp_path / "demo"), *flags)
+    assert result.exit_code == 2 and "Invalid value" in result.output
+    assert not (tmp_path / "demo").exists()

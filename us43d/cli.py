@@ -14,6 +14,7 @@ from typing import Annotated, Any
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from us43d.errors import Us43dError
@@ -42,7 +43,7 @@ def _friendly(func: Callable[..., Any]) -> Callable[..., Any]:
         try:
             return func(*args, **kwargs)
         except Us43dError as exc:
-            err_console.print(f"[bold red]error:[/] {exc}", highlight=False, markup=True, soft_wrap=True)
+            err_console.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, markup=True, soft_wrap=True)
             raise typer.Exit(2) from None
 
     return wrapper
@@ -368,9 +369,9 @@ def train(
         Path | None, typer.Option(help="Start from a SAM, MedSAM, UltraSam (MMDetection) or us43d checkpoint.")
     ] = None,
     config: Annotated[Path | None, typer.Option(help="YAML file of training settings (flags override it).")] = None,
-    resume: Annotated[bool, typer.Option("--resume", help="Continue the run in --out exactly where it stopped.")] = False,
+    resume_run: Annotated[bool, typer.Option("--resume", help="Continue the run in --out exactly where it stopped.")] = False,
     model: Annotated[str | None, typer.Option(help="vit_b (default), vit_l, vit_h, or tiny (tests, demos).")] = None,
-    iters: Annotated[int | None, typer.Option(help="Iterations (default 30,000).")] = None,
+    iters: Annotated[int | None, typer.Option(help="Iterations in all (default 30,000; with --resume: a new total).")] = None,
     batch_size: Annotated[int | None, typer.Option(help="Images per GPU/process (default 8).")] = None,
     image_size: Annotated[int | None, typer.Option(help="Input side (default: the model's, 1024).")] = None,
     lr: Annotated[float | None, typer.Option(help="Peak learning rate (default 1e-4).")] = None,
@@ -386,9 +387,13 @@ def train(
         typer.Option("--refine/--no-refine", help="Refinement pass with the previous mask logits (recipe default: on)."),
     ] = None,
 ) -> None:
-    """Fine-tune SAM on the corpus with the UltraSam recipe (torchrun for several GPUs)."""
-    from us43d.training.train import TrainConfig
-    from us43d.training.train import train as run_training
+    """Fine-tune SAM on the corpus with the UltraSam recipe (torchrun for several GPUs).
+
+    A new run needs a new or empty --out. --resume continues the run in --out with its own
+    settings; --iters then sets a new total (above the iteration reached), --workers and
+    --checkpoint-every may change, and any other setting that differs is refused."""
+    from us43d.training.train import TrainConfig, read_settings_file, resume
+    from us43d.training.train import train as start
 
     overrides = {
         "model": model,
@@ -405,12 +410,11 @@ def train(
         "datasets": tuple(datasets.split(",")) if datasets else None,
         "init": str(init) if init else None,
     }
-    settings = (
-        TrainConfig.from_file(config, **overrides)
-        if config
-        else TrainConfig.from_dict({k: v for k, v in overrides.items() if v is not None})
-    )
-    summary = run_training(corpus, out, settings, resume=resume, console=console)
+    given = {**(read_settings_file(config) if config else {}), **{k: v for k, v in overrides.items() if v is not None}}
+    if resume_run:
+        summary = resume(corpus, out, given, console=console)
+    else:
+        summary = start(corpus, out, TrainConfig.from_dict(given), console=console)
     console.print(f"done: {summary['steps']} iterations; weights in {out / 'model.pth'}, curves in {out / 'losses.png'}")
 
 
@@ -427,10 +431,16 @@ def evaluate_checkpoint(
     json_out: Annotated[Path | None, typer.Option("--json", help="Write {dataset: {prompt: {mAP, mAP50}}} here.")] = None,
 ) -> None:
     """Prompt-based COCO mAP on the official test sets, in the layout of the paper's Table 1."""
+    from us43d.corpus.writers import atomic_write_bytes
     from us43d.training.evaluate import evaluate, load_predictor
+    from us43d.training.outputs import os_reason, refuse_overwriting
 
     if prompt not in ("point", "box", "both"):
         raise Us43dError("--prompt takes point, box or both")
+    if json_out:
+        if json_out.is_dir():
+            raise Us43dError(f"--json {json_out} is a folder: give the path of the file to write")
+        refuse_overwriting(json_out, {"the checkpoint": checkpoint}, "--json")
     prompts = ("point", "box") if prompt == "both" else (prompt,)
     names = [d.strip() for d in datasets.split(",") if d.strip()]
     from us43d.registry import Registry
@@ -449,7 +459,10 @@ def evaluate_checkpoint(
         result.add_row(p, *(f"{table[n][p]['mAP']:.1f} / {table[n][p]['mAP50']:.1f}" for n in names))
     console.print(result)
     if json_out:
-        json_out.write_text(json.dumps(table, indent=2) + "\n")
+        try:
+            atomic_write_bytes(json_out, (json.dumps(table, indent=2) + "\n").encode())
+        except OSError as exc:
+            raise Us43dError(f"cannot write --json {json_out}: {os_reason(exc)}") from None
 
 
 @app.command("convert-checkpoint")
@@ -461,9 +474,11 @@ def convert_checkpoint(
 ) -> None:
     """Convert between MMDetection (UltraSam release) and segment_anything checkpoints."""
     from us43d.training.checkpoints import convert_checkpoint as convert
+    from us43d.training.outputs import refuse_overwriting
 
     if to not in ("sam", "mmdet"):
         raise Us43dError("--to takes sam or mmdet")
+    refuse_overwriting(target, {"the source checkpoint": source}, "target")
     count = convert(source, target, to)
     console.print(f"wrote {target}: {count} tensors ({'segment_anything' if to == 'sam' else 'MMDetection'} names)")
 
@@ -473,7 +488,13 @@ def convert_checkpoint(
 def predict(
     image: Annotated[Path, typer.Argument(help="Image file.")],
     checkpoint: Annotated[Path, typer.Option(help="Model checkpoint.")],
-    out: Annotated[Path, typer.Option(help="Mask PNG to write (an overlay PNG is written beside it).")],
+    out: Annotated[
+        Path,
+        typer.Option(
+            help="Mask PNG to write, or an existing folder (it gets IMAGE-STEM.mask.png); "
+            "the overlay goes beside the mask as MASK-STEM.overlay.png. Never one of the inputs."
+        ),
+    ],
     point: Annotated[str | None, typer.Option(help="X,Y in image pixels.")] = None,
     box: Annotated[str | None, typer.Option(help="X0,Y0,X1,Y1 in image pixels.")] = None,
     model: Annotated[str, typer.Option(help="Model shape of the checkpoint.")] = "vit_b",
@@ -481,35 +502,41 @@ def predict(
 ) -> None:
     """Segment one structure of one image from a point or a box."""
     from us43d.training.evaluate import load_predictor
-    from us43d.training.predict import predict_image, write_prediction
+    from us43d.training.predict import predict_image, prediction_paths, write_prediction
 
     if (point is None) == (box is None):
         raise Us43dError("give exactly one of --point X,Y or --box X0,Y0,X1,Y1")
-    mask, score, rgb = predict_image(
-        load_predictor(checkpoint, model, image_size), image, _parse_floats(point, 2, "--point"), _parse_floats(box, 4, "--box")
-    )
-    overlay_path = write_prediction(mask, rgb, out)
-    console.print(f"wrote {out} ({int(mask.sum())} pixels, predicted IoU {score:.3f}) and {overlay_path}")
+    prompt_point, prompt_box = _parse_floats(point, 2, "--point"), _parse_floats(box, 4, "--box")
+    mask_path, overlay_path = prediction_paths(image, out, {"the input image": image, "the checkpoint": checkpoint})
+    mask, score, rgb = predict_image(load_predictor(checkpoint, model, image_size), image, prompt_point, prompt_box)
+    write_prediction(mask, rgb, mask_path, overlay_path)
+    console.print(f"wrote {mask_path} ({int(mask.sum())} pixels, predicted IoU {score:.3f}) and {overlay_path}")
 
 
 @app.command()
 @_friendly
 def demo(
     directory: Annotated[
-        Path | None, typer.Option("--dir", help="Work folder (default: a temporary one, removed after).")
+        Path | None,
+        typer.Option(
+            "--dir",
+            help="Work folder: new, empty, or made by an earlier demo (default: a temporary one, removed after).",
+        ),
     ] = None,
-    patients: Annotated[int, typer.Option(help="Synthetic patients (1-2 images each).")] = 16,
-    workers: Annotated[int, typer.Option(help="Worker processes.")] = min(2, os.cpu_count() or 1),
-    train_iters: Annotated[int, typer.Option(help="Iterations of the tiny model's training (0 skips training).")] = 150,
+    patients: Annotated[int, typer.Option(min=5, help="Synthetic patients (1-2 images each).")] = 16,
+    workers: Annotated[int, typer.Option(min=1, help="Worker processes.")] = min(2, os.cpu_count() or 1),
+    train_iters: Annotated[int, typer.Option(min=0, help="Iterations of the tiny model's training (0 skips training).")] = 150,
 ) -> None:
     """Synthetic data in BUS-BRA's raw layout -> build -> validate -> stats -> train a tiny SAM
     -> evaluate it against its untrained self, offline."""
     from us43d.corpus.build import BuildOptions, build_corpus
     from us43d.corpus.validate import validate_corpus
-    from us43d.demo import make_bus_bra_like
+    from us43d.demo import claim_folder, make_bus_bra_like
     from us43d.registry import Registry
 
     started = time.perf_counter()
+    if directory is not None:
+        claim_folder(directory)
     work = directory or Path(tempfile.mkdtemp(prefix="us43d-demo-"))
     try:
         raw, out = work / "raw", work / "corpus"

@@ -10,11 +10,17 @@ so cleaning has something to remove.
 from __future__ import annotations
 
 import csv
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
+
+from us43d.errors import Us43dError
+
+MARKER = ".us43d-demo"  # in a folder the demo made: only there does it replace what it wrote before
+OWN_OUTPUTS = ("raw/BUS-BRA", "corpus", "run")
 
 
 @dataclass(frozen=True)
@@ -85,3 +91,35 @@ def make_bus_bra_like(root: Path, patients: int = 16, seed: int = 0, size: tuple
         writer.writerow(["ID", "Case", "Pathology"])
         writer.writerows((c.image_id, c.case, c.pathology) for c in cases)
     return cases
+
+
+def claim_folder(directory: Path) -> None:
+    """Make `directory` the demo's own, or refuse it.
+
+    The demo writes raw/BUS-BRA, corpus and run, and a rerun replaces them, so it works only in
+    a new or empty folder, or in one it marked as its own on an earlier run. Anything else may
+    hold a user's real raw data or corpus."""
+    marker = directory / MARKER
+    if directory.exists() and not directory.is_dir():
+        raise Us43dError(f"--dir {directory} is a file: give a new or empty folder")
+    if directory.is_dir() and any(directory.iterdir()) and not marker.is_file():
+        raise Us43dError(
+            f"--dir {directory} is not empty and was not made by `us43d demo`; the demo writes "
+            f"{', '.join(OWN_OUTPUTS)} there, so give a new or empty folder"
+        )
+    directory.mkdir(parents=True, exist_ok=True)
+    marker.write_text("Made by `us43d demo`; a rerun with --dir here replaces " + ", ".join(OWN_OUTPUTS) + ".\n")
+    for name in OWN_OUTPUTS:
+        _remove_own(directory, name)
+
+
+def _remove_own(directory: Path, name: str) -> None:
+    """Remove an earlier run's output, never through a link that leads out of the folder."""
+    path = directory / name
+    steps = [directory / Path(*Path(name).parts[: i + 1]) for i in range(len(Path(name).parts))]
+    if any(step.is_symlink() for step in steps):
+        raise Us43dError(f"{path} is or passes through a link: the demo replaces only what it wrote itself; remove it")
+    if path.is_dir():
+        shutil.rmtree(path)
+    elif path.exists():
+        path.unlink()

@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import os
 import re
+import warnings
+import zipfile
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -21,6 +23,7 @@ from typing import Any
 import torch
 
 from us43d.errors import Us43dError
+from us43d.training.outputs import os_reason
 
 MMDET_MLP_FACTOR = 0.5  # segment_anything lin2 = MMDetection mlp.layers.1 * this
 _MODULE = r"^(layers\.\d+\.(?:self_attn|cross_attn_token_to_image|cross_attn_image_to_token)|final_attn_token_to_image)"
@@ -156,12 +159,55 @@ def mmdet_to_sam(state: Mapping[str, torch.Tensor]) -> StateDict:
 
 def load_untrusted(path: Path, missing: str) -> Any:
     """torch.load limited to tensors and plain containers; `missing` is the message for an absent file."""
-    if not Path(path).is_file():
+    path = Path(path)
+    if path.is_dir():
+        raise CheckpointError(f"checkpoint {path} is a folder, not a checkpoint file")
+    if not path.is_file():
         raise CheckpointError(missing)
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # torch warns about pickle protocols; the reason below says more
+            warnings.simplefilter("ignore")
+            return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises several types for foreign or corrupt files
-        raise CheckpointError(f"cannot read checkpoint {path}: {exc}") from exc
+        raise CheckpointError(f"cannot read checkpoint {path}: {_why_unreadable(path, exc)}") from exc
+
+
+ZIP_MAGIC = b"PK\x03\x04"  # torch.save's format since PyTorch 1.6
+PICKLE_MAGIC = b"\x80"  # the legacy format and plain pickles start with the PROTO opcode
+
+
+def _why_unreadable(path: Path, exc: Exception) -> str:
+    """One sentence a user can act on, from what the file starts with and what torch said."""
+    try:
+        with path.open("rb") as handle:
+            head = handle.read(4)
+    except OSError as error:
+        return error.strerror or str(error)
+    if not head:
+        return "the file is empty"
+    if not head.startswith((ZIP_MAGIC, PICKLE_MAGIC)):
+        return "not a PyTorch checkpoint (neither torch.save's zip archive nor a pickle)"
+    text = str(exc)
+    if "Weights only load failed" in text:
+        boilerplate = ("Please file", "Check the documentation", "Re-running", "In PyTorch", "This file can still")
+        details = [line.strip().removeprefix("WeightsUnpickler error:").strip() for line in text.splitlines()[1:]]
+        detail = next((d for d in details if d and not d.startswith(boilerplate)), "")
+        return (
+            "refused by the safe loader, which reads only tensors and plain containers as torch.save writes them "
+            f"(unpickling anything else could run code){': ' + detail if detail else ''}"
+        )
+    if head.startswith(ZIP_MAGIC) and not _holds_pickle(path):
+        return "a zip archive, but not a PyTorch checkpoint (no data.pkl inside: unpack it first?)"
+    return "the file is damaged or truncated (an incomplete download or copy?)"
+
+
+def _holds_pickle(path: Path) -> bool:
+    """Whether a zip file looks like torch.save's archive; a damaged one counts as such."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            return any(name.endswith("data.pkl") for name in archive.namelist())
+    except (OSError, zipfile.BadZipFile):
+        return True
 
 
 def read_state_dict(path: Path) -> StateDict:
@@ -203,16 +249,26 @@ def load_into(model: torch.nn.Module, state: Mapping[str, torch.Tensor], source:
 
 
 def atomic_save(obj: Any, path: Path) -> None:
+    """The whole file or the previous one, never half of it; no temporary file is left behind."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+    try:
+        torch.save(obj, tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def convert_checkpoint(source: Path, target: Path, to: str = "sam") -> int:
     """Write `source` as a plain segment_anything (or MMDetection) state dict; returns tensor count."""
+    if target.is_dir():
+        raise CheckpointError(f"target {target} is a folder: give the path of the file to write")
     state = read_state_dict(source)
     converted: Callable[[Mapping[str, torch.Tensor]], StateDict] = sam_to_mmdet if to == "mmdet" else dict
     result = converted(state)
-    atomic_save({"state_dict": result} if to == "mmdet" else result, target)
+    try:
+        atomic_save({"state_dict": result} if to == "mmdet" else result, target)
+    except OSError as exc:
+        raise CheckpointError(f"cannot write {target}: {os_reason(exc)}") from None
     return len(result)

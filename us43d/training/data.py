@@ -100,7 +100,7 @@ def _registry_organs() -> list[str]:
     return Registry.load().organs()
 
 
-def read_rgb(path: Path) -> np.ndarray:
+def read_rgb(path: Path, what: str = "corpus image") -> np.ndarray:
     """8-bit RGB as SAM expects: grey replicated, 16-bit scaled to 8 bits."""
     try:
         with Image.open(path) as image:
@@ -109,8 +109,8 @@ def read_rgb(path: Path) -> np.ndarray:
                 array = (np.asarray(image).astype(np.float32) / 257.0).round().astype(np.uint8)
                 return np.repeat(array[..., None], 3, axis=2)
             return np.asarray(image.convert("RGB"))
-    except (OSError, SyntaxError, ValueError) as exc:
-        raise CorpusError(f"cannot read corpus image {path}: {exc}") from exc
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
+        raise CorpusError(f"cannot read {what} {path}: {exc}") from exc
 
 
 def resized_shape(height: int, width: int, size: int) -> tuple[int, int]:

@@ -118,8 +118,8 @@ def model_config(name: str, image_size: int | None = None) -> ModelConfig:
     except KeyError:
         raise Us43dError(f"unknown model '{name}' (choose from {', '.join(MODEL_CONFIGS)})") from None
     if image_size is not None and image_size != config.image_size:
-        if image_size % config.patch_size:
-            raise Us43dError(f"--image-size must be a multiple of {config.patch_size}")
+        if image_size <= 0 or image_size % config.patch_size:
+            raise Us43dError(f"--image-size must be a positive multiple of {config.patch_size}, got {image_size}")
         config = ModelConfig(**{**config.__dict__, "image_size": image_size})
     return config
 

@@ -9,20 +9,35 @@ from __future__ import annotations
 import json
 import os
 import time
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal
 
 import torch
 import torch.distributed as dist
 import yaml
+from pydantic import BeforeValidator, Field, TypeAdapter, ValidationError
 
 from us43d.errors import Us43dError
 from us43d.training import engine
-from us43d.training.checkpoints import atomic_save, load_into, load_untrusted, read_state_dict
+from us43d.training.checkpoints import CheckpointError, atomic_save, load_into, load_untrusted, read_state_dict
 from us43d.training.data import InfiniteBatchSampler, TrainDataset, collate, load_selection
 from us43d.training.losses import LossParts, mask_losses
 from us43d.training.sam import build_model, model_config
+
+
+def _names(value: Any) -> Any:
+    """A YAML `exclude: breast,ovary` means two names, not the letters of one string."""
+    return tuple(part.strip() for part in value.split(",") if part.strip()) if isinstance(value, str) else value
+
+
+# Constraints checked where settings come in (flags, YAML); code that builds a TrainConfig
+# directly is trusted.
+Count = Annotated[int, Field(ge=1)]
+NonNegative = Annotated[int, Field(ge=0)]
+Rate = Annotated[float, Field(gt=0, allow_inf_nan=False)]
+Names = Annotated[tuple[str, ...], BeforeValidator(_names)]
 
 
 @dataclass
@@ -30,48 +45,99 @@ class TrainConfig:
     """Defaults are the paper's recipe (ViT-B, 1024, 8 images per GPU, 30,000 iterations)."""
 
     model: str = "vit_b"
-    image_size: int | None = None  # None: the model's own (1024 for ViT models)
-    iters: int = 30_000
-    batch_size: int = 8
-    lr: float = 1e-4
-    weight_decay: float = 1e-4
-    warmup_iters: int = 500
-    warmup_factor: float = 0.001
-    milestones: tuple[int, ...] = (20_000, 28_888)
-    gamma: float = 0.1
-    grad_clip: float = 0.1
+    image_size: Count | None = None  # None: the model's own (1024 for ViT models)
+    iters: Count = 30_000
+    batch_size: Count = 8
+    lr: Rate = 1e-4
+    weight_decay: Annotated[float, Field(ge=0, allow_inf_nan=False)] = 1e-4
+    warmup_iters: NonNegative = 500
+    warmup_factor: Annotated[float, Field(gt=0, le=1, allow_inf_nan=False)] = 0.001
+    milestones: tuple[Count, ...] = (20_000, 28_888)
+    gamma: Rate = 0.1
+    grad_clip: Rate = 0.1
     refine: bool = True  # one refinement pass with the previous mask logits as mask prompt
-    selection: str = "iou"  # "iou" (authors' code) or "loss" (paper's wording)
-    iou_loss: str = "mse"  # "mse" (authors' code) or "l1" (paper's wording)
+    selection: Literal["iou", "loss"] = "iou"  # "iou" (authors' code) or "loss" (paper's wording)
+    iou_loss: Literal["mse", "l1"] = "mse"  # "mse" (authors' code) or "l1" (paper's wording)
     flip: bool = True
     efficient_attention: bool = True
     bf16: bool = True  # autocast on GPU only
-    seed: int = 0
-    workers: int = 2
-    checkpoint_every: int = 2_000
-    log_every: int = 10
-    exclude: tuple[str, ...] = ()
-    datasets: tuple[str, ...] = ()
+    seed: NonNegative = 0
+    workers: NonNegative = 2
+    checkpoint_every: Count = 2_000
+    log_every: Count = 10
+    exclude: Names = ()
+    datasets: Names = ()
     init: str | None = None
 
     @classmethod
     def from_file(cls, path: Path, **overrides: Any) -> TrainConfig:
-        data = yaml.safe_load(path.read_text()) if path else {}
-        return cls.from_dict({**(data or {}), **{k: v for k, v in overrides.items() if v is not None}})
+        return cls.from_dict({**read_settings_file(path), **{k: v for k, v in overrides.items() if v is not None}})
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
-        names = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - names)
+    def from_dict(cls, data: Mapping[str, Any], source: Path | None = None) -> TrainConfig:
+        """Checked settings: one line per problem, naming the setting, the value and (for a
+        YAML file) the file, so a bad value never surfaces as a traceback mid-run."""
+        where = f" in {source}" if source else ""
+        unknown = sorted(set(data) - {f.name for f in fields(cls)})
         if unknown:
-            raise Us43dError(f"unknown training settings: {unknown}")
-        for key in ("milestones", "exclude", "datasets"):
-            if key in data and data[key] is not None:
-                data[key] = tuple(data[key])
-        config = cls(**data)
-        if config.selection not in ("iou", "loss") or config.iou_loss not in ("mse", "l1"):
-            raise Us43dError("selection must be iou|loss and iou_loss mse|l1")
-        return config
+            raise Us43dError(f"unknown training settings{where}: {unknown}")
+        try:
+            return _CHECK.validate_python(dict(data))
+        except ValidationError as exc:
+            problems = "; ".join(_describe(error) for error in exc.errors())
+            raise Us43dError(f"invalid training setting{where}: {problems}") from None
+
+
+_CHECK = TypeAdapter(TrainConfig)
+
+
+def _describe(error: Any) -> str:
+    """`batch_size = 0: input should be greater than or equal to 1`"""
+    name = ".".join(str(part) for part in error["loc"])
+    return f"{name} = {error.get('input')!r}: {error['msg'][:1].lower()}{error['msg'][1:]}"
+
+
+# Settings a resumed run may change: the total length, and those that touch neither the
+# weights nor the data stream.
+RESUMABLE = ("iters", "workers", "checkpoint_every", "log_every")
+
+
+def read_settings_file(path: Path) -> dict[str, Any]:
+    """The mapping of training settings in a YAML file, or a clear error naming the file."""
+    if not path.is_file():
+        raise Us43dError(f"settings file {path} does not exist")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise Us43dError(f"cannot read settings file {path} (not valid YAML?): {reason}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise Us43dError(f"settings file {path} must hold a mapping of setting: value, not a {type(data).__name__}")
+    TrainConfig.from_dict(data, path)  # checked on its own, so a bad value is reported with the file's name
+    return data
+
+
+def continued_config(saved: Mapping[str, Any], given: Mapping[str, Any], run: Path) -> TrainConfig:
+    """The run's own settings, with the `RESUMABLE` ones taken from `given`.
+
+    Any other given setting that differs from the run's is refused: continuing a run with
+    another learning rate or batch size would silently be neither the old run nor a new one.
+    """
+    own = TrainConfig.from_dict(dict(saved), run / "checkpoint.pt")
+    asked = TrainConfig.from_dict({**asdict(own), **given})
+    differ = [
+        f"{name} {getattr(asked, name)!r} (the run's: {getattr(own, name)!r})"
+        for name in sorted(given)
+        if name not in RESUMABLE and getattr(asked, name) != getattr(own, name)
+    ]
+    if differ:
+        raise Us43dError(
+            f"--resume continues {run} with its own settings, and these differ from them: {', '.join(differ)}; "
+            "drop them, or start a new run in another --out"
+        )
+    return asked
 
 
 def lr_factor(step: int, config: TrainConfig) -> float:
@@ -162,15 +228,57 @@ def _save(run: Path, sam: torch.nn.Module, optimizer: torch.optim.Optimizer, ste
 
 
 def read_run_state(run: Path) -> dict[str, Any]:
-    return load_untrusted(run / "checkpoint.pt", f"{run} has no checkpoint.pt to resume from")
+    path = run / "checkpoint.pt"
+    state = load_untrusted(path, f"{run} has no checkpoint.pt to resume from")
+    if (
+        not isinstance(state, dict)
+        or not {"model", "optimizer", "step", "config"} <= set(state)
+        or not isinstance(state["config"], dict)
+    ):
+        raise CheckpointError(f"{path} is not a us43d training checkpoint (it lacks the model, optimizer, step or config)")
+    return state
 
 
-def train(corpus: Path, run: Path, config: TrainConfig, resume: bool = False, console: Any = None) -> dict[str, Any]:
-    """Train and return a summary; with `resume`, continue the run in `run` exactly."""
-    state = None
-    if resume:
-        state = read_run_state(run)
-        config = TrainConfig.from_dict(dict(state["config"]))
+RUN_FILES = ("checkpoint.pt", "model.pth", "metrics.jsonl", "run.json", "losses.png")
+
+
+def check_new_run_folder(run: Path) -> None:
+    """A new run starts only in a new or empty folder: its first save would replace the
+    weights of a run already there, and its metrics start afresh."""
+    if run.exists() and not run.is_dir():
+        raise Us43dError(f"--out {run} is a file, not a run folder")
+    if not run.is_dir() or not any(run.iterdir()):
+        return
+    if any((run / name).exists() for name in RUN_FILES):
+        raise Us43dError(f"{run} already holds a training run: continue it with --resume, or train into another --out")
+    raise Us43dError(f"{run} is not empty and holds no training run: train into a new or empty folder (--out)")
+
+
+def train(corpus: Path, run: Path, config: TrainConfig, console: Any = None) -> dict[str, Any]:
+    """Start a new run in `run` (a new or empty folder) and return a summary."""
+    check_new_run_folder(run)  # before any rank writes: every rank checks before the rendezvous
+    return _launch(corpus, run, config, None, console)
+
+
+def resume(corpus: Path, run: Path, changes: Mapping[str, Any] | None = None, console: Any = None) -> dict[str, Any]:
+    """Continue the run in `run` exactly where its last checkpoint stopped.
+
+    It keeps the run's own settings; `changes` may set those in `RESUMABLE` (a larger `iters`
+    extends the run) and repeat the others unchanged."""
+    changes = dict(changes or {})
+    state = read_run_state(run)
+    config = continued_config(state["config"], changes, run)
+    step = int(state["step"])
+    if config.iters <= step:
+        if "iters" in changes:
+            raise Us43dError(
+                f"{run} is at iteration {step}: --iters {config.iters} does not go beyond it (give more than {step})"
+            )
+        raise Us43dError(f"{run} already finished its {config.iters} iterations: give --iters above {step} to train further")
+    return _launch(corpus, run, config, state, console)
+
+
+def _launch(corpus: Path, run: Path, config: TrainConfig, state: dict[str, Any] | None, console: Any) -> dict[str, Any]:
     ctx = setup_distributed()
     try:
         return _train(corpus, run, config, state, ctx, console)
@@ -243,8 +351,8 @@ def _train(
                 )
     autocast = ctx.device.type == "cuda" and config.bf16
     metrics_path = run / "metrics.jsonl"
-    if state is None and ctx.main:
-        metrics_path.unlink(missing_ok=True)
+    if ctx.main:
+        _keep_metrics_until(metrics_path, start)
     progress = _progress(console if ctx.main else None, config.iters, start)
     started, seen = time.perf_counter(), 0
     batches = iter(loader)
@@ -286,6 +394,22 @@ def _train(
 
         plot_losses(metrics_path, run / "losses.png")
     return {"run": str(run), "steps": config.iters, "images": len(selection.entries), "datasets": selection.counts}
+
+
+def _keep_metrics_until(path: Path, step: int) -> None:
+    """Drop records past the checkpoint a run resumes from (logged before a crash), so the
+    metrics hold each step once, as an uninterrupted run's do."""
+    if not path.is_file():
+        return
+    kept = []
+    for line in path.read_text().splitlines():
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:  # a line cut short by the crash
+            continue
+        if isinstance(record, dict) and isinstance(record.get("step"), int) and record["step"] <= step:
+            kept.append(line + "\n")
+    path.write_text("".join(kept))
 
 
 class TrainStep(torch.nn.Module):
