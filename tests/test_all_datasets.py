@@ -11,7 +11,6 @@ import importlib.util
 from pathlib import Path
 
 import numpy as np
-import pytest
 from typer.testing import CliRunner
 
 from helpers import beyond_coverage, build
@@ -66,7 +65,6 @@ def _module(name: str):
     return module
 
 
-@pytest.mark.timeout(600)
 def test_every_dataset_at_once(tmp_path: Path) -> None:
     raw = tmp_path / "raw"
     raw.mkdir()

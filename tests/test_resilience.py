@@ -47,7 +47,6 @@ def _same_outputs(a: Path, b: Path) -> None:
     assert not [p for p in (a / "images").iterdir() if p.name.startswith(".staging")]
 
 
-@pytest.mark.timeout(300)
 @pytest.mark.parametrize("delay", [0.8, 2.0])
 def test_sigkill_then_rerun_equals_a_clean_build(tmp_path: Path, delay: float) -> None:
     raw = tmp_path / "raw"
@@ -201,7 +200,6 @@ def test_a_build_into_an_out_another_build_holds_stops_at_once_naming_it(tmp_pat
     assert build(raw, out, force=True).reports["STU-Hospital"].images == 4  # free again once the holder is gone
 
 
-@pytest.mark.timeout(300)
 def test_two_builds_started_together_leave_one_complete_corpus(tmp_path: Path) -> None:
     raw, out = tmp_path / "raw", tmp_path / "out"
     make_stu_hospital(raw / "STU-Hospital", n=30, wrapper=None)
