@@ -432,8 +432,9 @@ def evaluate_checkpoint(
 ) -> None:
     """Prompt-based COCO mAP on the official test sets, in the layout of the paper's Table 1."""
     from us43d.corpus.writers import atomic_write_bytes
+    from us43d.errors import os_error_text
     from us43d.training.evaluate import evaluate, load_predictor
-    from us43d.training.outputs import os_reason, refuse_overwriting
+    from us43d.training.outputs import refuse_overwriting
 
     if prompt not in ("point", "box", "both"):
         raise Us43dError("--prompt takes point, box or both")
@@ -462,7 +463,7 @@ def evaluate_checkpoint(
         try:
             atomic_write_bytes(json_out, (json.dumps(table, indent=2) + "\n").encode())
         except OSError as exc:
-            raise Us43dError(f"cannot write --json {json_out}: {os_reason(exc)}") from None
+            raise Us43dError(f"cannot write --json {json_out}: {os_error_text(exc)}") from None
 
 
 @app.command("convert-checkpoint")

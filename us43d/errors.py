@@ -27,3 +27,10 @@ class ConversionError(Us43dError):
 
 class CorpusError(Us43dError):
     """A corpus on disk is missing pieces or breaks one of its promises."""
+
+
+def os_error_text(exc: OSError) -> str:
+    """The system's reason for a failed file operation, with the path it is about: that path may
+    be a parent of the file in hand (a full disk, a folder that is a file), so it is worth naming."""
+    reason = exc.strerror or str(exc)
+    return f"{reason} ({exc.filename})" if exc.filename else reason

@@ -57,14 +57,13 @@ from us43d.corpus.output import (
     changed_files,
     check_folders,
     corpus_lock,
-    os_error_text,
     prepare,
     remove_temporaries,
 )
 from us43d.corpus.records import STATE_VERSION, ImageRecord, ItemError, ItemResult
 from us43d.corpus.split import split_rows
 from us43d.corpus.writers import DatasetInfo, check_unique_ids, dump_json, write_coco, write_parquet
-from us43d.errors import ConversionError, CorpusError, RegistryError, Us43dError
+from us43d.errors import ConversionError, CorpusError, RegistryError, Us43dError, os_error_text
 from us43d.registry.loader import Registry
 from us43d.registry.schema import DatasetEntry
 

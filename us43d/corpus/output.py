@@ -17,7 +17,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from us43d.corpus.records import ImageRecord
-from us43d.errors import CorpusError
+from us43d.errors import CorpusError, os_error_text
 
 try:
     import fcntl
@@ -38,13 +38,8 @@ class OutputWriteError(CorpusError):
     after it would fail the same way, and a build that lost them must not pass."""
 
 
-def os_error_text(exc: OSError) -> str:
-    reason = exc.strerror or str(exc)
-    return f"{exc.filename}: {reason}" if exc.filename else reason
-
-
 def write_failure(path: Path, exc: OSError) -> OutputWriteError:
-    return OutputWriteError(f"cannot write {path}: {exc.strerror or exc}")
+    return OutputWriteError(f"cannot write {path}: {os_error_text(exc)}")
 
 
 def is_corpus(out: Path) -> bool:

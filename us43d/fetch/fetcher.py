@@ -16,7 +16,7 @@ from pathlib import Path, PurePosixPath
 
 import requests
 
-from us43d.errors import Us43dError
+from us43d.errors import Us43dError, os_error_text
 from us43d.fetch.extract import ExtractionError, Limits, extract, is_archive, is_split_part
 from us43d.fetch.http import DownloadError, RemoteFile, RetryPolicy, download, session, verify
 from us43d.fetch.sources import CredentialsMissing, ManualStep, resolve
@@ -223,7 +223,7 @@ def _installed(entry: DatasetEntry, files: Sequence[Fetched], raw: Path) -> Fetc
 
 def _message(exc: BaseException) -> str:
     if isinstance(exc, OSError) and not isinstance(exc, Us43dError):
-        return f"cannot write {exc.filename or 'a file'}: {exc.strerror or exc}"
+        return f"cannot write: {os_error_text(exc)}"
     return str(exc)
 
 

@@ -22,8 +22,7 @@ from typing import Any
 
 import torch
 
-from us43d.errors import Us43dError
-from us43d.training.outputs import os_reason
+from us43d.errors import Us43dError, os_error_text
 
 MMDET_MLP_FACTOR = 0.5  # segment_anything lin2 = MMDetection mlp.layers.1 * this
 _MODULE = r"^(layers\.\d+\.(?:self_attn|cross_attn_token_to_image|cross_attn_image_to_token)|final_attn_token_to_image)"
@@ -182,7 +181,7 @@ def _why_unreadable(path: Path, exc: Exception) -> str:
         with path.open("rb") as handle:
             head = handle.read(4)
     except OSError as error:
-        return error.strerror or str(error)
+        return os_error_text(error)
     if not head:
         return "the file is empty"
     if not head.startswith((ZIP_MAGIC, PICKLE_MAGIC)):
@@ -270,5 +269,5 @@ def convert_checkpoint(source: Path, target: Path, to: str = "sam") -> int:
     try:
         atomic_save({"state_dict": result} if to == "mmdet" else result, target)
     except OSError as exc:
-        raise CheckpointError(f"cannot write {target}: {os_reason(exc)}") from None
+        raise CheckpointError(f"cannot write {target}: {os_error_text(exc)}") from None
     return len(result)

@@ -24,10 +24,3 @@ def refuse_overwriting(output: Path, inputs: Mapping[str, Path | None], flag: st
     for name, source in inputs.items():
         if source is not None and same_file(output, source):
             raise Us43dError(f"{flag} {output} would overwrite {name} ({source}): choose another output path")
-
-
-def os_reason(exc: OSError) -> str:
-    """`File exists (runs/a)`: the system's reason and the path it is about, which may be a
-    parent of the file being written."""
-    reason = exc.strerror or str(exc)
-    return f"{reason} ({exc.filename})" if exc.filename else reason

@@ -10,10 +10,10 @@ import numpy as np
 from PIL import Image
 
 from us43d.corpus.writers import atomic_write_bytes
-from us43d.errors import Us43dError
+from us43d.errors import Us43dError, os_error_text
 from us43d.training.data import read_rgb
 from us43d.training.evaluate import Predictor
-from us43d.training.outputs import os_reason, refuse_overwriting
+from us43d.training.outputs import refuse_overwriting
 
 
 def predict_image(
@@ -55,4 +55,4 @@ def write_prediction(mask: np.ndarray, rgb: np.ndarray, mask_path: Path, overlay
         try:
             atomic_write_bytes(path, buffer.getvalue())
         except OSError as exc:
-            raise Us43dError(f"cannot write {path}: {os_reason(exc)}") from None
+            raise Us43dError(f"cannot write {path}: {os_error_text(exc)}") from None
