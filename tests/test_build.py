@@ -355,3 +355,17 @@ def test_a_lock_file_that_is_a_link_is_never_written_through(tmp_path: Path) -> 
     with pytest.raises(CorpusError, match=r"\.lock"):
         build(tmp_path / "raw", tmp_path / "out")
     assert (tmp_path / "precious.txt").read_text() == "mine"
+
+
+def test_coverage_counts_images_read_not_files_listed(tmp_path: Path) -> None:
+    """Masks without their image (a partial copy) are listed and reported, but are no images: 20
+    images with 10 orphan masks are 20 of STU-Hospital's 42, too few."""
+    folder = tmp_path / "raw" / "STU-Hospital"
+    make_stu_hospital(folder, n=30, wrapper=None)
+    for number in range(21, 31):
+        (folder / "Hospital" / f"Test_Image_{number}.png").unlink()
+    result = build(tmp_path / "raw", tmp_path / "out", ["STU-Hospital"])
+    report = result.reports["STU-Hospital"]
+    assert (report.items, report.found, report.expected, report.expected_unit) == (30, 20, 42, "images")
+    assert [p["reason"][:50] for p in result.problems] == ["found 20 images where the registry expects 42: inc"]
+    assert len(result.item_errors) == 10

@@ -168,3 +168,15 @@ def test_images_and_volumes_beyond_the_size_limit_are_refused_before_decoding(tm
     volume.write_bytes(header.binaryblock + b"\0" * 4 + b"\0" * 1000)  # the data is not there at all
     with pytest.raises(ConversionError, match=r"volume of \(2000, 2000, 300\) is 1200 M elements, over the limit"):
         read_volume(volume)
+
+
+@pytest.mark.parametrize("centre", [(15, 20), (15, 100), (85, 20), (85, 100), (50, 5), (5, 60), (30, 30)])
+def test_outlines_cut_by_a_side_or_a_corner_are_closed_and_closed_ones_kept(centre: tuple[int, int]) -> None:
+    """A head outline that leaves the image through one side, through a corner, or that only
+    touches two sides while staying closed (30, 30): each fills to the disk it outlines."""
+    from us43d.converters.readers import filled_outline
+
+    rows, cols = np.mgrid[:100, :120]
+    distance = np.hypot(rows - centre[0], cols - centre[1])
+    ring = (distance >= 28.5) & (distance <= 30.5)
+    np.testing.assert_array_equal(filled_outline(ring, close_at_border=True), distance <= 30.5)

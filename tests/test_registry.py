@@ -86,6 +86,8 @@ def test_user_directories_add_entries(tmp_path: Path, monkeypatch: pytest.Monkey
         ({"sources": [{"kind": "zenodo", "location": "1", "files": [{"name": "a.zip", "md5": "xyz"}]}]}, "sources.0.files.0.md5"),
         ({"id": "A" * 65}, "id"),
         ({"converter": "../../etc/evil"}, "converter"),
+        ({"sources": [{"kind": "http", "location": "https://x.org/a.zip", "contents": ["/abs/*"]}]}, "sources.0.contents"),
+        ({"sources": [{"kind": "http", "location": "https://x.org/a.zip", "contents": ["../*"]}]}, "sources.0.contents"),
     ],
 )
 def test_invalid_entry_names_file_and_field(tmp_path: Path, changes: dict, field: str) -> None:

@@ -154,8 +154,9 @@ def build(
         raise typer.Exit(1)
 
 
-def _found(found: int, expected: int | None) -> str:
-    return f"{found} / {expected}" if expected else str(found)
+def _found(found: int, expected: int | None, unit: str = "images") -> str:
+    count = f"{found} / {expected}" if expected else str(found)
+    return f"{count} seq." if unit == "sequences" else count
 
 
 def _print_build(result: Any) -> None:
@@ -167,7 +168,7 @@ def _print_build(result: Any) -> None:
         splits = result.split_counts.get(dataset_id, {})
         table.add_row(
             dataset_id,
-            _found(r.items, r.expected_images),
+            _found(r.found, r.expected, r.expected_unit),
             str(r.unannotated),
             str(r.images),
             str(r.instances),
@@ -236,7 +237,7 @@ def stats(out: Annotated[Path, typer.Argument(help="Corpus folder written by `us
             if row is not None
             else ["-"] * 3
         )
-        found = _found(int(built["items"]), built["expected_images"]) if built is not None else "-"
+        found = _found(int(built["found"]), built["expected"], built["expected_unit"]) if built is not None else "-"
         cleaned = f"{built['cleaned_pixels']} ({built['cleaned_instances']})" if built is not None else "-"
         name = f"[red]{dataset_id}[/]" if built is not None and built["problems"] else str(dataset_id)
         table.add_row(
@@ -332,13 +333,14 @@ def status(
     out: Annotated[Path | None, typer.Option(help="Corpus folder, to tell built datasets.")] = Path("corpus"),
     registry: RegistryDirs = None,
 ) -> None:
-    """Where every dataset stands: not fetched, partial, fetched, built."""
+    """Where every dataset stands: not fetched, partial, fetched, unreadable (its converter finds
+    nothing to read), built."""
     from us43d.fetch.fetcher import dataset_status
 
     table = Table(title="datasets")
     for column in ("dataset", "access", "status"):
         table.add_column(column, no_wrap=column == "dataset")
-    colours = {"built": "green", "fetched": "cyan", "partial": "yellow", "not fetched": "dim"}
+    colours = {"built": "green", "fetched": "cyan", "unreadable": "red", "partial": "yellow", "not fetched": "dim"}
     for entry in _registry(registry):
         state = dataset_status(entry, downloads, raw, out)
         table.add_row(entry.id, entry.access, f"[{colours[state]}]{state}[/]")

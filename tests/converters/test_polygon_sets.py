@@ -84,3 +84,21 @@ def test_fass_refuses_a_pickle_that_would_run_code(tmp_path: Path, rng: np.rando
     ((error),) = result.item_errors
     assert error["file"] == "ARRAY_FORMAT/P001_IMG1.npy" and "refusing to load pathlib" in error["reason"]
     assert not marker.exists()
+
+
+class _PointerArray:
+    """A pickle that calls numpy.ndarray with its own bytes as the buffer of an object array:
+    loaded, every "object" would be a pointer the file chose."""
+
+    def __reduce__(self):
+        return (np.ndarray, ((6, 8), np.dtype(object), b"A" * (6 * 8 * 8)))
+
+
+def test_fass_refuses_an_object_array_made_of_the_files_bytes(tmp_path: Path, rng: np.random.Generator) -> None:
+    root = tmp_path / "raw" / "FASS"
+    write_pair(rng, root / "IMAGES" / "P001_IMG1.png", None, shape=(6, 8))
+    (root / "ARRAY_FORMAT").mkdir()
+    np.save(root / "ARRAY_FORMAT" / "P001_IMG1.npy", np.array({"structures": {"liver": _PointerArray()}}, dtype=object))
+    result, _ = built_instances(tmp_path / "raw", tmp_path / "out", "FASS")  # in this process: a crash would end it
+    ((error),) = result.item_errors
+    assert error["file"] == "ARRAY_FORMAT/P001_IMG1.npy" and "cannot read NumPy file" in error["reason"]

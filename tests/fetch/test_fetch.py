@@ -189,6 +189,10 @@ def test_manual_source_guides_then_imports(tmp_path: Path) -> None:
     assert (raw / "HandSet" / "BUS" / "GT" / "000001.png").is_file()
     status = runner.invoke(app, ["status", "--registry", str(folder), "--raw", str(raw), "--downloads", str(downloads)])
     assert "HandSet" in status.output and "fetched" in status.output
+    for path in (raw / "HandSet" / "BUS" / "GT").iterdir():  # the masks gone: nothing left to build
+        path.unlink()
+    status = runner.invoke(app, ["status", "--registry", str(folder), "--raw", str(raw), "--downloads", str(downloads)])
+    assert "unreadable" in status.output
 
 
 def test_import_is_checked_against_pinned_checksums(tmp_path: Path) -> None:

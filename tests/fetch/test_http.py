@@ -149,3 +149,23 @@ def test_html_page_where_a_file_was_expected_is_an_error(tmp_path: Path) -> None
         with pytest.raises(DownloadError, match="HTML page"):
             download(RemoteFile("x.zip", f"{server.url}/x.zip"), tmp_path)
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize(
+    "target", ["http://127.0.0.1:9/a.bin", "https://10.0.0.1/a.bin", "https://169.254.169.254/latest/meta-data"]
+)
+def test_a_public_host_may_not_redirect_to_this_machine_or_a_private_network(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, target: str
+) -> None:
+    """A real host (the local server stands for one here) redirecting to loopback, a private
+    address or a cloud's metadata service is refused before any request goes there."""
+    from us43d.fetch import http
+
+    real_is_local = http.is_local
+    with FakePlatform() as server:
+        server.redirects["/a.bin"] = target
+        monkeypatch.setattr(http, "is_local", lambda url: not url.startswith(server.url) and real_is_local(url))
+        with pytest.raises(DownloadError, match="redirects to .* refused"):
+            download(RemoteFile("a.bin", f"{server.url}/a.bin"), tmp_path)
+    assert list(tmp_path.iterdir()) == []
+    assert real_is_local(target) and not real_is_local("https://zenodo.org/records/1")

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import pickle
+import warnings
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -47,7 +48,9 @@ def _open(path: Path) -> Image.Image:
     if not path.is_file():
         raise _fail(path, "file is missing")
     try:
-        image = Image.open(path)
+        with warnings.catch_warnings():  # PIL's own bomb warning: our limit below is lower and says more
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            image = Image.open(path)
         _check_size(path, image.width * image.height, MAX_IMAGE_PIXELS, f"image of {image.width}x{image.height}")
         image.load()
     except Image.DecompressionBombError as exc:
@@ -438,20 +441,38 @@ def filled_outline(mask: np.ndarray, close_at_border: bool = False) -> np.ndarra
     """A closed outline (an ellipse drawn as a line) turned into the region it encloses.
 
     An outline of a structure that runs out of the image is cut open by the border, and filling
-    it would leave the thin line. With `close_at_border`, each image side that the outline
-    touches in several places is joined between its outermost touches first, closing the ring
-    along the edge. Only for outlines: a filled region touching one side twice (a U) would have
-    its gap closed too.
+    it would leave the thin line. With `close_at_border` an outline that encloses nothing is closed
+    along the edge first: on each side it touches in several places, between its outermost
+    touches; and where it leaves through a corner (touching two adjacent sides once each), around
+    that corner. Only for outlines: a filled region touching one side twice (a U) would have its
+    gap closed too.
     """
     from scipy import ndimage
 
-    if close_at_border:
+    filled = ndimage.binary_fill_holes(mask)
+    if close_at_border and np.count_nonzero(filled) == np.count_nonzero(mask):  # open: encloses nothing
         mask = mask.copy()
-        for side in (mask[0], mask[-1], mask[:, 0], mask[:, -1]):  # views: writes go to `mask`
+        sides = {"top": mask[0], "bottom": mask[-1], "left": mask[:, 0], "right": mask[:, -1]}  # views
+        runs = {}
+        for name, side in sides.items():
             touches = np.flatnonzero(side)
-            if touches.size and np.any(np.diff(touches) > 1):
+            runs[name] = int(np.count_nonzero(np.diff(touches) > 1)) + 1 if touches.size else 0
+            if runs[name] > 1:
                 side[touches[0] : touches[-1] + 1] = True
-    return ndimage.binary_fill_holes(mask)
+        touched = {name for name, count in runs.items() if count}
+        corners = {("top", "left"), ("top", "right"), ("bottom", "left"), ("bottom", "right")}
+        if len(touched) == 2 and tuple(sorted(touched, key=["top", "bottom", "left", "right"].index)) in corners:
+            for name in touched:  # from the touch along the side to the shared corner
+                side, touches = sides[name], np.flatnonzero(sides[name])
+                toward_start = (name in ("left", "right") and "top" in touched) or (
+                    name in ("top", "bottom") and "left" in touched
+                )
+                if toward_start:
+                    side[: touches[-1] + 1] = True
+                else:
+                    side[touches[0] :] = True
+        filled = ndimage.binary_fill_holes(mask)
+    return filled
 
 
 def read_video_frames(path: Path, wanted: set[int] | None = None) -> Iterator[tuple[int, np.ndarray]]:
@@ -479,18 +500,45 @@ def read_video_frames(path: Path, wanted: set[int] | None = None) -> Iterator[tu
 
 # --- NumPy files holding Python objects -----------------------------------------------------
 
+
 # What a NumPy array of Python objects (a dict of arrays) pickles to, and nothing else: unpickling
-# anything beyond these would let the file run code.
-_ARRAY_GLOBALS = frozenset(
-    (module, name) for module in ("numpy.core.multiarray", "numpy._core.multiarray") for name in ("_reconstruct", "scalar")
-) | {("numpy", "ndarray"), ("numpy", "dtype")}
+# anything beyond these would let the file run code. `numpy.ndarray` itself is not callable from
+# the file: called directly with a buffer it makes an object array out of the file's bytes, whose
+# "objects" are pointers the file chose. It may only name the type `_reconstruct` makes, which
+# starts empty; NumPy then refuses bytes as the content of an object array.
+class _ArrayTypeName:
+    """Stands for numpy.ndarray in a pickle; only `_reconstruct` accepts it."""
+
+
+def _reconstruct(subtype: object, shape: Any, typecode: Any) -> np.ndarray:
+    if subtype is not _ArrayTypeName:
+        raise pickle.UnpicklingError("refusing to rebuild an array of another type than numpy.ndarray")
+    return _multiarray()._reconstruct(np.ndarray, shape, typecode)
+
+
+def _scalar(dtype: Any, *content: Any) -> Any:
+    return _multiarray().scalar(dtype, *content)  # NumPy refuses object scalars from bytes
+
+
+def _multiarray() -> Any:
+    import importlib
+
+    return importlib.import_module("numpy._core.multiarray" if hasattr(np, "_core") else "numpy.core.multiarray")
+
+
+_ARRAY_GLOBALS: dict[tuple[str, str], Any] = {
+    **{(module, "_reconstruct"): _reconstruct for module in ("numpy.core.multiarray", "numpy._core.multiarray")},
+    **{(module, "scalar"): _scalar for module in ("numpy.core.multiarray", "numpy._core.multiarray")},
+    ("numpy", "ndarray"): _ArrayTypeName,
+    ("numpy", "dtype"): np.dtype,
+}
 
 
 class _ArrayUnpickler(pickle.Unpickler):
     def find_class(self, module: str, name: str) -> Any:
         if (module, name) not in _ARRAY_GLOBALS:
             raise pickle.UnpicklingError(f"refusing to load {module}.{name}: only NumPy arrays and plain Python values")
-        return super().find_class(module, name)
+        return _ARRAY_GLOBALS[(module, name)]
 
 
 def read_object_npy(path: Path) -> Any:

@@ -2,8 +2,9 @@
 Pathological}/{Images,Masks}/<name>.png`; files under a `Masks` folder are masks (any non-zero
 pixel is muscle), paired by name within one muscle and group. The same name occurs in Healthy and
 Pathological, so both are in the key. One class for the three muscles. When the release's own
-split is present (`Segmentation_models/data/MuscleCNN/test/`), images whose name occurs there
-and only once in the release are the official test set."""
+split is present (`Segmentation_models/data/MuscleCNN/test/`), images named there are the
+official test set; a name the release holds several times (in two muscles or groups) marks each
+of them test, so that no official test image can reach training."""
 
 from __future__ import annotations
 
@@ -38,10 +39,9 @@ def list_items(raw: Path, entry: DatasetEntry) -> Iterator[Item | DatasetProblem
     names = Counter(name for images, _ in folders.values() for name in images)
     test: set[str] = set()
     if (root / TEST_FOLDER).is_dir():
-        listed = {p.stem for p in (root / TEST_FOLDER).glob("*.png")}
-        test = {name for name in listed if names[name] == 1}
-        if listed and not test:
-            yield DatasetProblem(relative(raw, root / TEST_FOLDER), "no test image matches a unique image name of the release")
+        test = {p.stem for p in (root / TEST_FOLDER).glob("*.png")}
+        if test and not test & names.keys():
+            yield DatasetProblem(relative(raw, root / TEST_FOLDER), "no test image matches an image name of the release")
     for folder, (images, masks) in sorted(folders.items()):
         for key, files, problem in pair_files(raw, images, masks):
             yield Item(f"{folder}/{key}", files, split=TEST if key in test else None, problem=problem)

@@ -90,7 +90,9 @@ class BuildOptions:
 class DatasetReport:
     dataset: str
     items: int = 0  # listed in the raw folder: converted, failed or unannotated
-    expected_images: int | None = None  # what the registry expects the raw folder to hold
+    found: int = 0  # images read (kept, empty or unannotated), or sequences listed: compared with `expected`
+    expected: int | None = None  # what the registry expects the raw folder to hold
+    expected_unit: str = "images"  # or "sequences" (videos, volumes)
     unannotated: int = 0  # images the release leaves without annotation (not errors)
     items_converted: int = 0
     items_failed: int = 0
@@ -258,6 +260,17 @@ def _list_items(entry: DatasetEntry, raw_dir: Path) -> tuple[list[Item], list[It
 MIN_EXPECTED_SHARE = 0.5
 
 
+def _coverage(entry: DatasetEntry, report: DatasetReport) -> None:
+    """What to compare with the registry: the sequences listed, for a video or volume dataset
+    whose entry counts them, else the images actually read (written, empty or unannotated; a
+    mask without its image, or an image that cannot be decoded, does not count)."""
+    if entry.expected.sequences:
+        report.found, report.expected, report.expected_unit = report.items, entry.expected.sequences, "sequences"
+    else:
+        report.found = report.images + report.dropped_without_instances + report.unannotated
+        report.expected, report.expected_unit = entry.expected.images, "images"
+
+
 def _coverage_problems(entry: DatasetEntry, raw_dir: Path, report: DatasetReport) -> list[ItemError]:
     """A dataset that yields nothing, or far less than expected, never passes silently."""
     where = reported_path(raw_dir, raw_dir)
@@ -265,13 +278,13 @@ def _coverage_problems(entry: DatasetEntry, raw_dir: Path, report: DatasetReport
         return [ItemError(entry.id, where, "no images found: is this the release's layout (see `us43d info`)?")]
     if report.images == 0:
         return [ItemError(entry.id, where, f"none of the {report.items} items listed gave an annotated image")]
-    expected = entry.expected.images
-    if expected and report.items < MIN_EXPECTED_SHARE * expected:
+    if report.expected and report.found < MIN_EXPECTED_SHARE * report.expected:
         return [
             ItemError(
                 entry.id,
                 where,
-                f"found {report.items} images where the registry expects {expected}: incomplete download or unknown layout?",
+                f"found {report.found} {report.expected_unit} where the registry expects {report.expected}: "
+                "incomplete download or unknown layout?",
             )
         ]
     return []
@@ -349,8 +362,8 @@ def _build_dataset(
     report.images = len(records)
     report.instances = sum(len(r.annotations) for r in records)
     report.errors = [asdict(e) for e in errors]
+    _coverage(entry, report)
     report.problems = [asdict(e) for e in problems or _coverage_problems(entry, raw_dir, report)]
-    report.expected_images = entry.expected.images
     if options.strict and report.problems:
         first = report.problems[0]
         raise StrictStop(f"{first['dataset']}: {first['file']}: {first['reason']}")

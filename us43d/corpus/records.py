@@ -9,7 +9,7 @@ from typing import Any
 SPLITS = ("train", "val", "test")
 # Version of the per-dataset state files (OUT/.state/<ID>.json). A state of another version is
 # never trusted: its dataset is rebuilt.
-STATE_VERSION = 2
+STATE_VERSION = 3
 
 
 @dataclass(frozen=True)

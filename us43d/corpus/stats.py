@@ -16,12 +16,12 @@ from us43d.errors import CorpusError
 class CorpusStats:
     by_dataset: pd.DataFrame  # index: dataset; columns: organ, <split>_images, <split>_instances, images, instances
     by_organ: pd.DataFrame  # index: organ; columns: datasets, images, instances
-    # index: dataset; what the build reported: found, expected, unannotated, cleaned_pixels,
-    # cleaned_instances, problems (from build.json; empty when there is none)
+    # index: dataset; what the build reported: found, expected (in expected_unit), unannotated,
+    # cleaned_pixels, cleaned_instances, problems (from build.json; empty when there is none)
     build: pd.DataFrame
 
 
-BUILD_COLUMNS = ("items", "expected_images", "unannotated", "cleaned_pixels", "cleaned_instances")
+BUILD_COLUMNS = ("found", "expected", "expected_unit", "unannotated", "cleaned_pixels", "cleaned_instances")
 
 
 def build_reports(out: Path) -> pd.DataFrame:
@@ -37,7 +37,9 @@ def build_reports(out: Path) -> pd.DataFrame:
         name: {**{c: report.get(c) for c in BUILD_COLUMNS}, "problems": [p["reason"] for p in report.get("problems", [])]}
         for name, report in datasets.items()
     }
-    return pd.DataFrame.from_dict(rows, orient="index", columns=[*BUILD_COLUMNS, "problems"])
+    frame = pd.DataFrame.from_dict(rows, orient="index", columns=[*BUILD_COLUMNS, "problems"])
+    frame["expected"] = frame["expected"].astype(object).where(frame["expected"].notna(), None)  # not NaN
+    return frame
 
 
 def read_tables(out: Path, columns_images: list[str] | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:

@@ -323,11 +323,12 @@ def fetch(
 
 
 def dataset_status(entry: DatasetEntry, downloads: Path, raw: Path, out: Path | None) -> str:
-    """not fetched | partial | fetched | built."""
+    """not fetched | partial | fetched | unreadable | built. A RAW folder its converter cannot
+    read is not "fetched": it would build to nothing."""
     if out is not None and (out / ".state" / f"{entry.id}.json").is_file():
         return "built"
     if (raw / entry.id / MANIFEST).is_file() or (raw / entry.id).is_dir():
-        return "fetched"
+        return "unreadable" if unreadable(entry, raw / entry.id) else "fetched"
     folders = [source_folder(downloads, s) for s in entry.sources] + [downloads / "imported" / entry.id]
     if any(f.is_dir() and any(f.iterdir()) for f in folders):
         return "partial"

@@ -79,6 +79,22 @@ def is_loopback(url: str) -> bool:
         return False
 
 
+def is_local(url: str) -> bool:
+    """The URL names this machine or a private network by address (loopback, private, link-local
+    such as a cloud's metadata service 169.254.169.254, reserved): never a public host's file."""
+    try:
+        host = urlparse(url).hostname or ""
+    except ValueError:
+        return False
+    if host == "localhost" or host.endswith(".localhost"):
+        return True
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return address.is_loopback or address.is_private or address.is_link_local or address.is_reserved or address.is_unspecified
+
+
 def check_url(url: str) -> None:
     """Only HTTPS goes out to real hosts; plain HTTP is allowed to loopback (local test servers)."""
     try:
@@ -126,7 +142,7 @@ def get(
     plain http:// anywhere); credentials and headers of our own (tokens) go only to the first
     host, the others get the transfer headers alone."""
     check_url(url)
-    first = _origin(url)
+    first, first_url = _origin(url), url
     for _ in range(MAX_REDIRECTS + 1):
         home = _origin(url) == first
         response = http.get(
@@ -144,6 +160,8 @@ def get(
         following = urljoin(url, location)
         try:
             check_url(following)
+            if is_local(following) and not is_local(first_url):
+                raise DownloadError("a public host may not send us to this machine or a private network")
         except DownloadError:
             raise DownloadError(f"{redact(url)} redirects to {redact(following)}: refused, only https:// to real hosts") from None
         url = following

@@ -31,7 +31,9 @@ def _test(entry: DatasetEntry) -> str:
 
 
 def _expected(entry: DatasetEntry) -> str:
-    return f"{entry.expected.images:,}" if entry.expected.images is not None else "?"
+    if entry.expected.images is not None:
+        return f"{entry.expected.images:,}"
+    return f"{entry.expected.sequences:,} sequences" if entry.expected.sequences is not None else "?"
 
 
 def _cleaning(entry: DatasetEntry) -> str:

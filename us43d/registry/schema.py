@@ -74,6 +74,15 @@ class Source(_Strict):
     instructions: str | None = None
     note: str | None = None
 
+    @field_validator("contents")
+    @classmethod
+    def _contents_are_relative(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for pattern in value:
+            parts = pattern.replace("\\", "/").split("/")
+            if not pattern.strip() or pattern.startswith(("/", "\\")) or ".." in parts or re.match(r"^[A-Za-z]:", pattern):
+                raise ValueError(f"contents patterns are relative to the extracted download: {pattern!r}")
+        return value
+
 
 class Cleaning(_Strict):
     # Remove mask pixels that lie outside the scan's field of view (us43d/corpus/field_of_view.py).
@@ -88,7 +97,10 @@ class Cleaning(_Strict):
 
 
 class Expected(_Strict):
-    images: int | None = Field(default=None, ge=0)
+    """What a complete release holds, so that a partial download or an unknown layout shows."""
+
+    images: int | None = Field(default=None, ge=0)  # images in the release (annotated or not)
+    sequences: int | None = Field(default=None, ge=0)  # videos or volumes, for sequence datasets
     instances: int | None = Field(default=None, ge=0)
     note: str | None = None
 
