@@ -263,6 +263,24 @@ def stats(out: Annotated[Path, typer.Argument(help="Corpus folder written by `us
 
 @app.command()
 @_friendly
+def show(
+    out: Annotated[Path, typer.Argument(help="Corpus folder written by `us43d build`.")],
+    datasets: Annotated[list[str] | None, typer.Option("--datasets", help="Only these datasets (repeatable).")] = None,
+    report: Annotated[Path, typer.Option("--out", help="Report folder (new, empty, or an earlier report).")] = Path("report"),
+    item: Annotated[str | None, typer.Option(help="Write one full-size overlay PNG of this image (<dataset>/<key>).")] = None,
+) -> None:
+    """A static HTML report of a corpus (overlays, counts, histograms, failures), or one overlay."""
+    from us43d.corpus.report import write_item, write_report
+
+    if item is not None:
+        target = report if report != Path("report") else Path(item.replace("/", "__").removesuffix(".png") + ".png")
+        console.print(f"wrote {write_item(out, item, target)}")
+        return
+    console.print(f"wrote {write_report(out, report, datasets)}")
+
+
+@app.command()
+@_friendly
 def fetch(
     datasets: Annotated[list[str] | None, typer.Argument(help="Dataset ids (case-insensitive).")] = None,
     all_datasets: Annotated[bool, typer.Option("--all", help="Every dataset of the registry.")] = False,

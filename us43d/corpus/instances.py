@@ -26,6 +26,7 @@ class InstanceStats:
     cleaned_pixels: int  # annotation pixels removed because they lay outside the field of view
     cleaned_instances: int  # instances that lost pixels to that cleaning
     small_dropped: int  # instances removed for being below the minimum area (after cleaning)
+    cleaned_rle: str | None = None  # COCO RLE of every pixel cleaning removed, None when none
 
 
 def encode(mask: np.ndarray, category: str) -> Instance:
@@ -63,15 +64,18 @@ def extract_instances(
         candidates = [(category, mask) for category, mask in given or [] if mask.any()]
     cleaned = touched = small = 0
     kept: list[Instance] = []
+    removed: np.ndarray | None = None
     for category, mask in candidates:
         if field_of_view is not None:
-            outside = int(np.count_nonzero(mask & ~field_of_view))
-            if outside:
-                cleaned += outside
+            outside = mask & ~field_of_view
+            count = int(np.count_nonzero(outside))
+            if count:
+                cleaned += count
                 touched += 1
                 mask = mask & field_of_view
+                removed = outside if removed is None else removed | outside
         if np.count_nonzero(mask) < max(min_area, 1):
             small += 1
             continue
         kept.append(encode(mask, category))
-    return InstanceStats(kept, cleaned, touched, small)
+    return InstanceStats(kept, cleaned, touched, small, None if removed is None else encode(removed, "").rle_counts)

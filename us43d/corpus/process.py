@@ -126,6 +126,7 @@ def _record(task: Task, item: Item, sample: Sample, result: ItemResult, written:
             annotations=tuple(AnnotationRecord(i.category, i.rle_counts, i.bbox, i.area) for i in stats.instances),
             size=size,
             sha256=digest,
+            cleaned_rle=stats.cleaned_rle,
         )
     )
 

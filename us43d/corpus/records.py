@@ -9,7 +9,7 @@ from typing import Any
 SPLITS = ("train", "val", "test")
 # Version of the per-dataset state files (OUT/.state/<ID>.json). A state of another version is
 # never trusted: its dataset is rebuilt.
-STATE_VERSION = 3
+STATE_VERSION = 4
 
 
 @dataclass(frozen=True)
@@ -36,6 +36,9 @@ class ImageRecord:
     # has its size, and `us43d validate --deep` compares the bytes with the hash.
     size: int = 0
     sha256: str = ""
+    # The annotation pixels the build removed as lying outside the field of view (COCO RLE of
+    # their union), so `us43d show` can draw what cleaning took; None when it took nothing.
+    cleaned_rle: str | None = None
 
     @property
     def image_id(self) -> int:
