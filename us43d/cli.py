@@ -281,6 +281,38 @@ def show(
 
 @app.command()
 @_friendly
+def export(
+    out: Annotated[Path, typer.Argument(help="Corpus folder written by `us43d build`.")],
+    target: Annotated[Path, typer.Argument(help="Folder to write (new, empty, or an earlier export).")],
+    format: Annotated[str, typer.Option("--format", help="hf (Hugging Face Parquet) or webdataset (tar shards).")] = "hf",
+    datasets: Annotated[list[str] | None, typer.Option("--datasets", help="Only these datasets (repeatable).")] = None,
+    exclude: Annotated[list[str] | None, typer.Option("--exclude", help="Leave out these organ groups (repeatable).")] = None,
+    only_redistributable: Annotated[
+        bool, typer.Option(help="Leave out datasets whose licence does not grant redistribution (or is unknown).")
+    ] = False,
+    shard_mb: Annotated[int | None, typer.Option(min=1, help="Shard size in MB (hf: 500, webdataset: 1024).")] = None,
+    registry: RegistryDirs = None,
+) -> None:
+    """The corpus as the Hugging Face Hub loads datasets, or as WebDataset tar shards."""
+    from us43d.corpus.export import export_hf, export_webdataset, redistribution, select
+
+    writers = {"hf": export_hf, "webdataset": export_webdataset}
+    if format not in writers:
+        raise Us43dError(f"--format is hf or webdataset, not '{format}'")
+    reg = _registry(registry)
+    chosen = select(out, reg, datasets, exclude or (), only_redistributable)
+    options = {"shard_bytes": shard_mb * 2**20} if shard_mb else {}
+    exported = writers[format](out, target, chosen, reg, **options)
+    table = Table(title=f"{format} export in {target}")
+    for column in ("dataset", "train", "val", "test", "redistribution"):
+        table.add_column(column)
+    for e in exported:
+        table.add_row(e.dataset, *(str(e.counts.get(s, 0)) for s in ("train", "val", "test")), redistribution(reg, e.dataset))
+    console.print(table)
+
+
+@app.command()
+@_friendly
 def fetch(
     datasets: Annotated[list[str] | None, typer.Argument(help="Dataset ids (case-insensitive).")] = None,
     all_datasets: Annotated[bool, typer.Option("--all", help="Every dataset of the registry.")] = False,

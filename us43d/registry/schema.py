@@ -185,6 +185,18 @@ class DatasetEntry(_Strict):
         return self
 
     @property
+    def redistribution(self) -> str:
+        """What the licence says of passing the data on: "allowed" (CC BY, CC BY-SA, CC0, MIT),
+        "non-commercial" (CC BY-NC...), or "not granted" (unknown, unconfirmed, or a data use
+        agreement): an export of the corpus must not be shared in that case."""
+        licence = self.licence.strip()
+        if re.fullmatch(r"(CC BY(-SA)?( [0-9.]+)?|CC0( [0-9.]+)?|MIT|Apache[- ]2\.0)", licence):
+            return "allowed"
+        if re.fullmatch(r"CC BY-NC(-SA|-ND)?( [0-9.]+)?", licence):
+            return "non-commercial"
+        return "not granted"
+
+    @property
     def cleans_background(self) -> bool:
         """Whether annotation pixels outside the field of view are removed for this dataset."""
         configured = self.cleaning.background_overlap
