@@ -475,45 +475,109 @@ def train(
 def evaluate_checkpoint(
     checkpoint: Annotated[Path | None, typer.Option(help="Checkpoint to evaluate (SAM, MedSAM, UltraSam or ours).")] = None,
     corpus: Annotated[Path, typer.Option(help="Corpus folder written by `us43d build`.")] = Path("corpus"),
-    datasets: Annotated[str, typer.Option(help="Test sets, comma-separated.")] = "BUS-BRA,MMOTU-2D,GIST514-DB",
+    datasets: Annotated[
+        str, typer.Option(help="Datasets, comma-separated, or 'all' (every dataset of the corpus with images in --split).")
+    ] = "BUS-BRA,MMOTU-2D,GIST514-DB",
+    split: Annotated[str, typer.Option(help="train, val or test.")] = "test",
     prompt: Annotated[str, typer.Option(help="point, box or both.")] = "both",
     model: Annotated[str, typer.Option(help="Model shape of the checkpoint.")] = "vit_b",
     image_size: Annotated[int | None, typer.Option(help="Input side (default: the model's).")] = None,
-    refine: Annotated[bool, typer.Option("--refine/--no-refine", help="The authors' test-time refinement pass.")] = False,
-    json_out: Annotated[Path | None, typer.Option("--json", help="Write {dataset: {prompt: {mAP, mAP50}}} here.")] = None,
+    protocol: Annotated[
+        str,
+        typer.Option(
+            help="authors: the paper's Table 1 measurement (refinement, binary post-processing, class-agnostic, "
+            "MMOTU-2D test cut to its largest instances); sam: segment_anything's own inference on the corpus as built."
+        ),
+    ] = "authors",
+    refine: Annotated[
+        bool | None, typer.Option("--refine/--no-refine", help="Test-time refinement pass (default: the protocol's).")
+    ] = None,
+    postprocess: Annotated[
+        str | None,
+        typer.Option(
+            help="binary (authors: binarise, then upsample) or logits (SAM: upsample, then binarise); default: the protocol's."
+        ),
+    ] = None,
+    class_agnostic: Annotated[
+        bool | None,
+        typer.Option(
+            "--class-agnostic/--per-class", help="Score every category as one (default: the protocol's, class-agnostic)."
+        ),
+    ] = None,
+    mmotu_largest: Annotated[
+        bool | None,
+        typer.Option(
+            "--mmotu-largest/--mmotu-all",
+            help="MMOTU-2D test ground truth: the largest instance per image, or every instance (default: the protocol's).",
+        ),
+    ] = None,
+    max_images: Annotated[
+        int | None, typer.Option(min=1, help="Only the first N images with an instance per dataset (a quick look).")
+    ] = None,
+    json_out: Annotated[
+        Path | None, typer.Option("--json", help="Write {checkpoint, split, protocol, max_images, scores} here.")
+    ] = None,
 ) -> None:
-    """Prompt-based COCO mAP on the official test sets, in the layout of the paper's Table 1."""
+    """Prompt-based COCO mAP per dataset on one split; by default the paper's Table 1 (official
+    test sets, the authors' protocol). The protocol is printed with every table."""
     from us43d.corpus.writers import atomic_write_bytes
     from us43d.errors import os_error_text
-    from us43d.training.evaluate import evaluate, load_predictor
+    from us43d.training.evaluate import corpus_datasets, evaluate, load_predictor, split_file
     from us43d.training.outputs import refuse_overwriting
+    from us43d.training.protocol import resolve_protocol
 
     if prompt not in ("point", "box", "both"):
         raise Us43dError("--prompt takes point, box or both")
+    if split not in ("train", "val", "test"):
+        raise Us43dError("--split takes train, val or test")
+    chosen = resolve_protocol(protocol, refine, postprocess, class_agnostic, mmotu_largest)
     if json_out:
         if json_out.is_dir():
             raise Us43dError(f"--json {json_out} is a folder: give the path of the file to write")
         refuse_overwriting(json_out, {"the checkpoint": checkpoint}, "--json")
     prompts = ("point", "box") if prompt == "both" else (prompt,)
-    names = [d.strip() for d in datasets.split(",") if d.strip()]
-    from us43d.registry import Registry
+    if datasets.strip().lower() == "all":
+        names = corpus_datasets(corpus, split)
+    else:
+        from us43d.registry import Registry
 
-    registry = Registry.load()
-    names = [registry.get(n).id if n in registry else n for n in names]
+        registry = Registry.load()
+        names = [d.strip() for d in datasets.split(",") if d.strip()]
+        names = [registry.get(n).id if n in registry else n for n in names]
+        if not names:
+            raise Us43dError("--datasets is empty: name datasets, comma-separated, or give 'all'")
+    for name in names:
+        split_file(corpus, name, split)  # a missing file is reported before the model is loaded
     if checkpoint is None:
         err_console.print("note: no --checkpoint: evaluating randomly initialised weights")
     predictor = load_predictor(checkpoint, model, image_size)
-    table = evaluate(predictor, corpus, names, prompts, refine=refine)
-    result = Table(title=f"mAP / mAP@50 (%) — {checkpoint or 'random weights'}")
-    result.add_column("prompt")
-    for name in names:
-        result.add_column(name, justify="right")
+    table = evaluate(predictor, corpus, names, prompts, protocol=chosen, split=split, max_images=max_images)
+    result = Table(title=f"mAP / mAP@50 (%), {split} split")
+    result.add_column("dataset")
     for p in prompts:
-        result.add_row(p, *(f"{table[n][p]['mAP']:.1f} / {table[n][p]['mAP50']:.1f}" for n in names))
+        result.add_column(p, justify="right")
+    for name in names:
+        result.add_row(name, *(f"{table[name][p]['mAP']:.1f} / {table[name][p]['mAP50']:.1f}" for p in prompts))
     console.print(result)
+    settings = Table(title="evaluation protocol", show_header=False)
+    settings.add_column("setting", no_wrap=True)
+    settings.add_column("value")
+    settings.add_row("checkpoint", str(checkpoint) if checkpoint else "none (random weights)")
+    settings.add_row("split", split)
+    settings.add_row("images", f"the first {max_images} with an instance, per dataset" if max_images else "all")
+    for label, text in chosen.describe(split):
+        settings.add_row(label, text)
+    console.print(settings)
     if json_out:
+        document = {
+            "checkpoint": str(checkpoint) if checkpoint else None,
+            "split": split,
+            "protocol": chosen.as_dict(),
+            "max_images": max_images,
+            "scores": table,
+        }
         try:
-            atomic_write_bytes(json_out, (json.dumps(table, indent=2) + "\n").encode())
+            atomic_write_bytes(json_out, (json.dumps(document, indent=2) + "\n").encode())
         except OSError as exc:
             raise Us43dError(f"cannot write --json {json_out}: {os_error_text(exc)}") from None
 
@@ -649,7 +713,9 @@ def _demo_training(corpus: Path, run: Path, iters: int, workers: int) -> None:
     run_training(corpus, run, settings, console=console)
     trained = evaluate(load_predictor(run / "model.pth", "tiny"), corpus, ["BUS-BRA"])
     console.print("[bold]5/5[/] evaluation on the synthetic BUS-BRA test fold (official fold 1)")
-    table = Table(title="mAP / mAP@50 (%)")
+    from us43d.training.protocol import DEFAULT_PROTOCOL
+
+    table = Table(title="mAP / mAP@50 (%)", caption=DEFAULT_PROTOCOL.summary())
     for column in ("model", "point", "box"):
         table.add_column(column)
     for name, result in (("untrained", untrained), ("trained", trained)):

@@ -172,7 +172,7 @@ def test_cli_train_eval_convert_predict(demo_corpus: Path, tmp_path: Path) -> No
         catch_exceptions=False,
     )
     assert result.exit_code == 0, result.output
-    scores = json.loads(table.read_text())
+    scores = json.loads(table.read_text())["scores"]
     assert set(scores["BUS-BRA"]) == {"point", "box"} and set(scores["BUS-BRA"]["box"]) == {"mAP", "mAP50"}
     missing = runner.invoke(
         app,

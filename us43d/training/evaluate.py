@@ -1,10 +1,11 @@
-"""Prompt-based COCO evaluation on the official test sets (the paper's Table 1).
+"""Prompt-based COCO evaluation on any split of the corpus (the paper's Table 1 on the test sets).
 
-For every test instance: one prompt (the mask centroid, or the ground-truth box), one
-predicted mask (the highest predicted IoU, which is also the score), scored with pycocotools'
-COCOeval on segmentation masks. `refine=True` reproduces the authors' test-time refinement:
-a single-mask first pass, then a multimask pass with the first logits as mask prompt, where
-point prompts are replaced by the box of the first mask (recipe sheet, section 3.6).
+For every instance: one prompt (the mask centroid, or the ground-truth box), one predicted mask
+(the highest predicted IoU, which is also the score), scored with pycocotools' COCOeval on
+segmentation masks. How the masks are made and scored follows a `Protocol`
+(us43d.training.protocol): by default the authors' (refinement pass, masks binarised before
+upsampling, class-agnostic scoring, MMOTU-2D's test file cut to its largest instances), so
+numbers compare with the paper; `PROTOCOLS["sam"]` is segment_anything's own inference.
 """
 
 from __future__ import annotations
@@ -24,12 +25,14 @@ from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
-from us43d.errors import CorpusError
+from us43d.errors import CorpusError, Us43dError
 from us43d.training import engine
 from us43d.training.data import prepare_image, read_rgb, resized_shape
+from us43d.training.protocol import DEFAULT_PROTOCOL, LARGEST_SHARE, POSTPROCESSING, Protocol
 
 PAPER_TEST_SETS = ("BUS-BRA", "MMOTU-2D", "GIST514-DB")
 PROMPTS = ("point", "box")
+SPLITS = ("train", "val", "test")
 
 
 @dataclass(frozen=True)
@@ -55,8 +58,13 @@ class Predictor:
         boxes: np.ndarray,
         use_box: bool,
         refine: bool = False,
+        postprocess: str = "logits",
     ) -> tuple[np.ndarray, np.ndarray]:
-        """Binary masks (N, H, W) at the original size and their scores (predicted IoU)."""
+        """Binary masks (N, H, W) at the original size and their scores (predicted IoU).
+
+        With `refine`, the authors' test-time refinement: a single-mask pass, then a multimask
+        pass with its logits as mask prompt; a box prompt is kept, a point prompt is replaced by
+        the box of the first mask after post-processing (recipe sheet, section 3.6)."""
         count = len(points) if not use_box else len(boxes)
         scale = np.array([resized[1] / original[1], resized[0] / original[0]])
         pts = torch.as_tensor(points * scale if len(points) else np.zeros((count, 2)), dtype=torch.float32, device=self.device)
@@ -64,33 +72,50 @@ class Predictor:
             boxes * np.tile(scale, 2) if len(boxes) else np.zeros((count, 4)), dtype=torch.float32, device=self.device
         )
         is_box = torch.full((count,), use_box, dtype=torch.bool, device=self.device)
+        mask_input = None
         if refine:
             first, _ = engine.decode(self.sam, embedding, pts, bxs, is_box, multimask=False)
             if not use_box:
-                # as the authors' test pipeline does: the point becomes the box of the first mask
-                first_masks = self._upsample(first[:, 0], resized, resized)
-                bxs = torch.as_tensor(np.stack([_box_xyxy(m) for m in first_masks]), dtype=torch.float32, device=self.device)
+                first_masks = to_original(first[:, 0], self.image_size, resized, original, postprocess)
+                # the authors scale the mask's box into the input frame and add nothing;
+                # segment_anything's prompt encoder adds 0.5 itself, hence the -0.5
+                derived = np.stack([mask_box(m) for m in first_masks]) * np.tile(scale, 2) - 0.5
+                bxs = torch.as_tensor(derived, dtype=torch.float32, device=self.device)
                 is_box = torch.ones_like(is_box)
-            logits, ious = engine.decode(self.sam, embedding, pts, bxs, is_box, multimask=True, mask_input=first)
-        else:
-            logits, ious = engine.decode(self.sam, embedding, pts, bxs, is_box, multimask=True)
+            mask_input = first
+        logits, ious = engine.decode(self.sam, embedding, pts, bxs, is_box, multimask=True, mask_input=mask_input)
         best = ious.argmax(dim=1)
         rows = torch.arange(count, device=self.device)
-        return self._upsample(logits[rows, best], resized, original), ious[rows, best].float().cpu().numpy()
-
-    def _upsample(self, low_res: torch.Tensor, resized: tuple[int, int], original: tuple[int, int]) -> np.ndarray:
-        """segment_anything's post-processing: logits to the padded input, crop, to the original, > 0."""
-        up = F.interpolate(low_res[:, None].float(), (self.image_size, self.image_size), mode="bilinear", align_corners=False)
-        up = up[..., : resized[0], : resized[1]]
-        up = F.interpolate(up, original, mode="bilinear", align_corners=False)
-        return (up[:, 0] > 0).cpu().numpy()
+        masks = to_original(logits[rows, best], self.image_size, resized, original, postprocess)
+        return masks, ious[rows, best].float().cpu().numpy()
 
 
-def _box_xyxy(mask: np.ndarray) -> np.ndarray:
-    ys, xs = np.nonzero(mask)
-    if len(xs) == 0:
+def to_original(
+    low_res: torch.Tensor, image_size: int, resized: tuple[int, int], original: tuple[int, int], postprocess: str
+) -> np.ndarray:
+    """Low-resolution logits (N, h, w) to boolean masks (N, H, W) at the original size.
+
+    "logits" is segment_anything's: logits to the padded input, crop, to the original, > 0.
+    "binary" is the authors': > 0 first, then the 0/1 mask through the same resizes, and every
+    value above 0 is foreground, which widens a mask by about half a low-resolution pixel on
+    each side (2 pixels at 1024) plus up to a pixel from the last resize (recipe sheet, 6.3)."""
+    if postprocess not in POSTPROCESSING:
+        raise Us43dError(f"unknown post-processing '{postprocess}' (choose from {', '.join(POSTPROCESSING)})")
+    maps = low_res[:, None].float()
+    if postprocess == "binary":
+        maps = (maps > 0).float()
+    up = F.interpolate(maps, (image_size, image_size), mode="bilinear", align_corners=False)
+    up = up[..., : resized[0], : resized[1]]
+    up = F.interpolate(up, original, mode="bilinear", align_corners=False)
+    return (up[:, 0] > 0).cpu().numpy()
+
+
+def mask_box(mask: np.ndarray) -> np.ndarray:
+    """Tight box [x0, y0, x1, y1] with exclusive right and bottom edges; zeros for an empty mask."""
+    rows, cols = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
+    if len(cols) == 0:
         return np.zeros(4)
-    return np.array([xs.min(), ys.min(), xs.max() + 1, ys.max() + 1], dtype=np.float64)
+    return np.array([cols[0], rows[0], cols[-1] + 1, rows[-1] + 1], dtype=np.float64)
 
 
 def centroid(mask: np.ndarray) -> np.ndarray:
@@ -99,18 +124,33 @@ def centroid(mask: np.ndarray) -> np.ndarray:
     return np.array([xs.mean(), ys.mean()])
 
 
-def coco_map(ground_truth: dict[str, Any], predictions: Sequence[dict[str, Any]]) -> dict[str, float]:
-    """mAP (0.50:0.95) and mAP@50 in percent, pycocotools segm, maxDets 100/300/1000."""
+def merge_categories(ground_truth: dict[str, Any]) -> dict[str, Any]:
+    """The same file with every category merged into one (id 1), as the authors score."""
+    annotations = [{**a, "category_id": 1} for a in ground_truth["annotations"]]
+    return {**ground_truth, "annotations": annotations, "categories": [{"id": 1, "name": "object", "supercategory": "object"}]}
+
+
+def coco_map(
+    ground_truth: dict[str, Any], predictions: Sequence[dict[str, Any]], class_agnostic: bool = True
+) -> dict[str, float]:
+    """mAP (0.50:0.95) and mAP@50 in percent, pycocotools segm, maxDets 100/300/1000.
+
+    Class-agnostic by default: a per-dataset file keeps the dataset's categories, and COCOeval
+    would otherwise average AP over them, which is not what the paper reports and moves mAP by
+    several points on identical predictions."""
     gt = COCO()
-    gt.dataset = ground_truth
+    gt.dataset = merge_categories(ground_truth) if class_agnostic else ground_truth
+    keys = ("image_id", "category_id", "segmentation", "score")
+    # loadRes adds fields to the dicts it gets: give it copies so predictions can be reused
+    detections = [{k: p[k] for k in keys} for p in predictions]
+    if class_agnostic:
+        for detection in detections:
+            detection["category_id"] = 1
     with contextlib.redirect_stdout(io.StringIO()):
         gt.createIndex()
-        if not predictions:
+        if not detections:
             return {"mAP": 0.0, "mAP50": 0.0}
-        # loadRes adds fields to the dicts it gets: give it copies so predictions can be reused
-        keys = ("image_id", "category_id", "segmentation", "score")
-        detections = gt.loadRes([{k: p[k] for k in keys} for p in predictions])
-        evaluator = COCOeval(gt, detections, iouType="segm")
+        evaluator = COCOeval(gt, gt.loadRes(detections), iouType="segm")
         evaluator.params.maxDets = [100, 300, 1000]
         evaluator.evaluate()
         evaluator.accumulate()
@@ -119,6 +159,36 @@ def coco_map(ground_truth: dict[str, Any], predictions: Sequence[dict[str, Any]]
         "mAP": round(100 * max(float(evaluator.stats[0]), 0.0), 2),
         "mAP50": round(100 * max(float(evaluator.stats[1]), 0.0), 2),
     }
+
+
+def largest_instances(ground_truth: dict[str, Any], share: float = LARGEST_SHARE) -> dict[str, Any]:
+    """Per image, only the instances whose area is at least `share` of the image's largest:
+    the authors' filter of the MMOTU-2D test file (in practice the largest instance)."""
+    largest: dict[Any, float] = {}
+    for annotation in ground_truth["annotations"]:
+        largest[annotation["image_id"]] = max(largest.get(annotation["image_id"], 0.0), float(annotation["area"]))
+    kept = [a for a in ground_truth["annotations"] if float(a["area"]) >= share * largest[a["image_id"]]]
+    return {**ground_truth, "annotations": kept}
+
+
+def first_images(ground_truth: dict[str, Any], count: int) -> dict[str, Any]:
+    """The first `count` images holding an instance (file order) and their instances: a fast,
+    deterministic subset for validation during training."""
+    holding = {a["image_id"] for a in ground_truth["annotations"]}
+    images = [i for i in ground_truth["images"] if i["id"] in holding][:count]
+    ids = {i["id"] for i in images}
+    return {**ground_truth, "images": images, "annotations": [a for a in ground_truth["annotations"] if a["image_id"] in ids]}
+
+
+def evaluation_ground_truth(
+    ground_truth: dict[str, Any], dataset: str, split: str, protocol: Protocol, max_images: int | None = None
+) -> dict[str, Any]:
+    """What the protocol scores against; the corpus file itself is never changed."""
+    if protocol.applies_mmotu_filter(dataset, split):
+        ground_truth = largest_instances(ground_truth)
+    if max_images is not None:
+        ground_truth = first_images(ground_truth, max_images)
+    return ground_truth
 
 
 def _gt_mask(annotation: dict[str, Any], height: int, width: int) -> np.ndarray:
@@ -159,7 +229,7 @@ def predict_dataset(
             continue
         path = image_root / image["file_name"]
         if not path.is_file():
-            raise CorpusError(f"test image {path} is missing")
+            raise CorpusError(f"image {path} is missing")
         rgb = read_rgb(path)
         height, width = rgb.shape[:2]
         truth = [_gt_mask(a, height, width) for a in annotations]
@@ -183,13 +253,62 @@ def predict_dataset(
     return results
 
 
-def test_file(corpus: Path, dataset: str) -> Path:
-    path = corpus / "coco" / dataset / "test.json"
+def split_file(corpus: Path, dataset: str, split: str = "test") -> Path:
+    if split not in SPLITS:
+        raise Us43dError(f"unknown split '{split}' (choose from {', '.join(SPLITS)})")
+    path = corpus / "coco" / dataset / f"{split}.json"
     if not path.is_file():
         raise CorpusError(
-            f"the test set of {dataset} is absent from {corpus} (no coco/{dataset}/test.json); build {dataset} first"
+            f"the {split} set of {dataset} is absent from {corpus} (no coco/{dataset}/{split}.json); build {dataset} first"
         )
     return path
+
+
+def corpus_datasets(corpus: Path, split: str = "test") -> list[str]:
+    """Every dataset of the corpus that has images in `split` (it has coco/DATASET/SPLIT.json)."""
+    if split not in SPLITS:
+        raise Us43dError(f"unknown split '{split}' (choose from {', '.join(SPLITS)})")
+    folder = corpus / "coco"
+    names = sorted(d.name for d in folder.iterdir() if d.is_dir() and (d / f"{split}.json").is_file()) if folder.is_dir() else []
+    if not names:
+        raise CorpusError(f"{corpus} holds no dataset with a {split} split (no coco/*/{split}.json); run `us43d build`")
+    return names
+
+
+def read_ground_truth(path: Path) -> dict[str, Any]:
+    """A COCO file of the corpus, checked for the fields evaluation reads, so a damaged file is
+    named instead of failing deep inside pycocotools."""
+    try:
+        document = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise CorpusError(f"cannot read {path}: {exc}") from None
+    problem = _coco_problem(document)
+    if problem:
+        raise CorpusError(f"{path} is not a usable COCO file: {problem}; rebuild the dataset")
+    return document
+
+
+def _coco_problem(document: Any) -> str | None:
+    if not isinstance(document, dict):
+        return "not a JSON object"
+    for key in ("images", "annotations", "categories"):
+        if not isinstance(document.get(key), list):
+            return f"'{key}' is not a list"
+    for image in document["images"]:
+        if not isinstance(image, dict) or not {"id", "file_name"} <= image.keys() or not isinstance(image["file_name"], str):
+            return f"an image entry lacks id or file_name: {str(image)[:80]}"
+    for annotation in document["annotations"]:
+        if (
+            not isinstance(annotation, dict)
+            or not {"image_id", "category_id", "bbox", "segmentation", "area"} <= annotation.keys()
+        ):
+            return f"an annotation lacks image_id, category_id, bbox, segmentation or area: {str(annotation)[:80]}"
+        bbox, area = annotation["bbox"], annotation["area"]
+        if not (isinstance(bbox, list) and len(bbox) == 4 and all(isinstance(v, (int, float)) for v in bbox)):
+            return f"annotation {annotation.get('id')} has a bad bbox {str(bbox)[:40]}"
+        if not isinstance(area, (int, float)) or isinstance(area, bool):
+            return f"annotation {annotation.get('id')} has a bad area {str(area)[:40]}"
+    return None
 
 
 def evaluate(
@@ -197,24 +316,41 @@ def evaluate(
     corpus: Path,
     datasets: Sequence[str] = PAPER_TEST_SETS,
     prompts: Sequence[str] = PROMPTS,
-    refine: bool = False,
+    refine: bool | None = None,
     progress: Callable[[str, int], Callable[[], None]] | None = None,
+    *,
+    protocol: Protocol = DEFAULT_PROTOCOL,
+    split: str = "test",
+    max_images: int | None = None,
 ) -> dict[str, dict[str, dict[str, float]]]:
-    """{dataset: {prompt: {"mAP": x, "mAP50": y}}} in percent."""
-    paths = {d: test_file(corpus, d) for d in datasets}
+    """{dataset: {prompt: {"mAP": x, "mAP50": y}}} in percent, on one split of each dataset.
+
+    `protocol` defaults to the authors' (Table 1); `refine`, when given, overrides its
+    refinement setting. `max_images` scores only the first images of each file that hold an
+    instance (a fast subset; the number is then not the split's)."""
+    if refine is not None:
+        protocol = protocol.with_settings(refine=refine)
+    if max_images is not None and max_images < 1:
+        raise Us43dError(f"max_images must be at least 1, got {max_images}")
+    paths = {d: split_file(corpus, d, split) for d in datasets}
 
     def predict(
         rgb: np.ndarray, points: np.ndarray, boxes: np.ndarray, wanted: Sequence[str]
     ) -> dict[str, tuple[np.ndarray, np.ndarray]]:
         embedding, resized = predictor.embed(rgb)
-        return {p: predictor.masks(embedding, resized, rgb.shape[:2], points, boxes, p == "box", refine) for p in wanted}
+        return {
+            p: predictor.masks(
+                embedding, resized, rgb.shape[:2], points, boxes, p == "box", protocol.refine, protocol.postprocess
+            )
+            for p in wanted
+        }
 
     table: dict[str, dict[str, dict[str, float]]] = {}
     for dataset, path in paths.items():
-        ground_truth = json.loads(path.read_text())
+        ground_truth = evaluation_ground_truth(read_ground_truth(path), dataset, split, protocol, max_images)
         tick = progress(dataset, len(ground_truth["images"])) if progress else None
         predictions = predict_dataset(ground_truth, corpus / "images", predict, prompts, tick)
-        table[dataset] = {prompt: coco_map(ground_truth, predictions[prompt]) for prompt in prompts}
+        table[dataset] = {prompt: coco_map(ground_truth, predictions[prompt], protocol.class_agnostic) for prompt in prompts}
     return table
 
 
@@ -232,4 +368,14 @@ def load_predictor(
     return Predictor(sam.to(target).eval(), config.image_size, target)
 
 
-__all__ = ["Predictor", "coco_map", "evaluate", "load_predictor", "predict_dataset", "resized_shape"]
+__all__ = [
+    "Predictor",
+    "coco_map",
+    "corpus_datasets",
+    "evaluate",
+    "evaluation_ground_truth",
+    "load_predictor",
+    "predict_dataset",
+    "resized_shape",
+    "to_original",
+]
