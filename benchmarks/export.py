@@ -51,15 +51,15 @@ def make_corpus(out: Path, images: int) -> None:
     write_coco(out, infos, rows)
     buffer = io.BytesIO()
     Image.fromarray(np.random.default_rng(0).integers(0, 255, (32, 32), dtype=np.uint8)).save(buffer, format="PNG")
-    first = None
-    for row in rows:  # one PNG, hard-linked under every name: the export reads each one
+    first: dict[str, Path] = {}
+    for row in rows:  # one PNG per dataset, hard-linked under every name: the export reads each one
         path = out / "images" / row.record.file_name
         path.parent.mkdir(parents=True, exist_ok=True)
-        if first is None:
+        if row.record.dataset not in first:
             path.write_bytes(buffer.getvalue())
-            first = path
+            first[row.record.dataset] = path
         else:
-            os.link(first, path)
+            os.link(first[row.record.dataset], path)
 
 
 def main() -> None:

@@ -17,7 +17,6 @@ the corpus. Outputs are deterministic: the same corpus gives the same files.
 
 from __future__ import annotations
 
-import io
 import json
 import os
 import tarfile
@@ -39,6 +38,7 @@ MARK = ".us43d-export"
 HF_SHARD_BYTES = 500 * 2**20
 WEBDATASET_SHARD_BYTES = 2**30
 ROW_GROUP_BYTES = 64 * 2**20  # what one Parquet shard holds in memory before writing it out
+ROW_GROUP_ROWS = 10_000  # and at most so many rows, however small the images
 
 
 @dataclass(frozen=True)
@@ -247,7 +247,7 @@ class ParquetShards:
     def add(self, row: dict[str, Any], size: int) -> None:
         self.rows.append(row)
         self.buffered += size
-        if self.buffered >= min(ROW_GROUP_BYTES, self.shard_bytes):
+        if self.buffered >= min(ROW_GROUP_BYTES, self.shard_bytes) or len(self.rows) >= ROW_GROUP_ROWS:
             self._flush()
         if self.written >= self.shard_bytes:
             self._close_shard()
@@ -406,14 +406,32 @@ class _RowGroups:
         os.replace(self.path.with_name(f".{self.path.name}.tmp"), self.path)
 
 
-def _tar_member(archive: tarfile.TarFile, name: str, data: bytes) -> int:
-    """Add a member with fixed metadata (the same corpus gives the same bytes); return where
-    its data starts in the file."""
-    info = tarfile.TarInfo(name)
-    info.size, info.mtime, info.mode, info.uid, info.gid, info.uname, info.gname = len(data), 0, 0o644, 0, 0, "", ""
-    start = archive.offset + tarfile.BLOCKSIZE  # after the member's header (plain names fit one block)
-    archive.addfile(info, io.BytesIO(data))
-    return start
+class TarShard:
+    """A plain tar file written member by member. tarfile keeps every member it wrote in memory;
+    this keeps nothing, and knows where each member's data starts. Members have fixed metadata,
+    so the same corpus gives the same bytes."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.handle = path.open("wb")
+
+    @property
+    def size(self) -> int:
+        return self.handle.tell()
+
+    def add(self, name: str, data: bytes) -> int:
+        info = tarfile.TarInfo(name)
+        info.size, info.mtime, info.mode, info.uid, info.gid, info.uname, info.gname = len(data), 0, 0o644, 0, 0, "", ""
+        self.handle.write(info.tobuf(format=tarfile.USTAR_FORMAT))
+        start = self.handle.tell()
+        self.handle.write(data)
+        self.handle.write(b"\0" * (-len(data) % tarfile.BLOCKSIZE))
+        return start
+
+    def close(self) -> None:
+        self.handle.write(b"\0" * (2 * tarfile.BLOCKSIZE))  # the end-of-archive marker
+        self.handle.write(b"\0" * (-self.handle.tell() % tarfile.RECORDSIZE))
+        self.handle.close()
 
 
 def export_webdataset(
@@ -423,21 +441,20 @@ def export_webdataset(
     index = _RowGroups(target / "index.parquet", INDEX_SCHEMA)
     counts: dict[str, dict[str, int]] = defaultdict(dict)
     for split in SPLITS:
-        number, archive, name = 0, None, ""
+        number, archive = 0, None
         for dataset in chosen:
             for sample in iter_split(out, dataset, split):
-                if archive is None or archive.offset >= shard_bytes:
+                if archive is None or archive.size >= shard_bytes:
                     if archive is not None:
                         archive.close()
-                    name = f"{split}-{number:06d}.tar"
-                    archive = tarfile.open(target / name, "w", format=tarfile.USTAR_FORMAT)
+                    archive = TarShard(target / f"{split}-{number:06d}.tar")
                     number += 1
                 data = _png(sample)
                 key = f"{sample.image_id:014x}"
-                offset = _tar_member(archive, f"{key}.png", data)
-                _tar_member(archive, f"{key}.json", json.dumps(sample.metadata(), sort_keys=True).encode())
+                offset = archive.add(f"{key}.png", data)
+                archive.add(f"{key}.json", json.dumps(sample.metadata(), sort_keys=True).encode())
                 row = {k: getattr(sample, k) for k in ("image_id", "dataset", "organ", "split", "file_name", "width", "height")}
-                index.add({**row, "shard": name, "offset": offset, "size": len(data), "objects": sample.objects})
+                index.add({**row, "shard": archive.path.name, "offset": offset, "size": len(data), "objects": sample.objects})
                 counts[dataset][split] = counts[dataset].get(split, 0) + 1
         if archive is not None:
             archive.close()
