@@ -38,7 +38,9 @@ registry = Registry.load()
 started = time.perf_counter()
 writer = export.export_hf if form == "hf" else export.export_webdataset
 writer(out, target, export.corpus_datasets(out), registry)
-print(time.perf_counter() - started, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20)
+# VmHWM, not ru_maxrss: a child's ru_maxrss starts from its parent's resident size at fork
+peak = next((int(line.split()[1]) / 2**20 for line in open("/proc/self/status") if line.startswith("VmHWM:")), None)
+print(time.perf_counter() - started, peak if peak is not None else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20)
 """
 
 
