@@ -377,7 +377,7 @@ def train(
     init: Annotated[
         Path | None,
         typer.Option(
-            help="Starting weights (required): official SAM (sam_vit_b_01ec64.pth, from "
+            help="Starting weights of a new run (required): official SAM (sam_vit_b_01ec64.pth, from "
             "https://dl.fbaipublicfiles.com/segment_anything/sam_vit_b_01ec64.pth), MedSAM, UltraSam.pth "
             "or a run's model.pth; 'none' trains from random weights."
         ),

@@ -236,14 +236,18 @@ def test_convert_refuses_a_decoder_that_contradicts_the_file(tmp_path: Path) -> 
 # --- item 3: the shape comes from the file ----------------------------------------------------------
 
 
-@pytest.mark.parametrize("name", list(MODEL_CONFIGS))
-def test_the_shape_of_every_model_is_read_from_its_tensors(name: str) -> None:
+@pytest.mark.parametrize(
+    "name, size",
+    [(name, None) for name in MODEL_CONFIGS] + [("vit_b", 512), ("vit_b", 224), ("tiny", 64)],  # 224, 64: windows span the grid
+)
+def test_the_shape_of_every_model_is_read_from_its_tensors(name: str, size: int | None) -> None:
     from us43d.training.model_shape import fitting, found_shape
 
+    config = model_config(name, size)
     with torch.device("meta"):  # shapes only: ViT-H costs nothing here
-        state = build_model(model_config(name)).state_dict()
+        state = build_model(config).state_dict()
     shape = found_shape(state)
-    assert shape is not None and fitting(shape) == [name] and shape.image_size == model_config(name).image_size
+    assert shape is not None and fitting(shape) == [name] and shape.image_size == config.image_size
 
 
 def test_a_vit_l_file_given_another_model_says_what_it_is() -> None:
@@ -292,6 +296,7 @@ def test_a_shape_no_model_has_is_named(tmp_path: Path) -> None:
     Image.new("L", (64, 48), 80).save(image)
     result = invoke("predict", str(image), "--checkpoint", str(tmp_path / "odd.pth"), "--box", "1,1,9,9", "--out", str(tmp_path))
     assert result.exit_code == 2 and "96 dims" in result.output and "none of the models us43d builds" in result.output
+    assert "the nearest, tiny, differs in encoder_dim 96 (not 64), encoder_heads 3 (not 2)" in result.output
 
 
 def test_run_json_beside_the_file_is_used_and_checked(demo_corpus: Path, tmp_path: Path) -> None:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -53,12 +53,20 @@ class FoundShape:
     mask_in_chans: int | None
     iou_hidden_dim: int
 
+    def differences(self, config: ModelConfig) -> list[str]:
+        """Where the tensors and `config` disagree, as "setting file's-value (not config's)"."""
+        grid = self.image_size // self.patch_size
+        if self.window_size is None and config.window_size == grid:
+            # windows as large as the whole grid leave every block's table global-sized
+            return replace(self, global_attn_indexes=config.global_attn_indexes, window_size=grid).differences(config)
+        return [
+            f"{name} {getattr(self, name)} (not {getattr(config, name)})"
+            for name in _COMPARED
+            if getattr(self, name) is not None and getattr(self, name) != getattr(config, name)  # None: not in the file
+        ]
+
     def fits(self, config: ModelConfig) -> bool:
-        for name in _COMPARED:
-            found = getattr(self, name)
-            if found is not None and found != getattr(config, name):  # None: not in the file
-                return False
-        return True
+        return not self.differences(config)
 
     def describe(self) -> str:
         names = fitting(self)
@@ -119,6 +127,15 @@ def fitting(shape: FoundShape) -> list[str]:
     return [name for name, config in MODEL_CONFIGS.items() if shape.fits(config)]
 
 
+def unknown_shape(shape: FoundShape) -> str:
+    """Why no configuration fits: the nearest one and where the file differs from it."""
+    nearest = min(MODEL_CONFIGS.values(), key=lambda config: len(shape.differences(config)))
+    return (
+        f"which is none of the models us43d builds ({', '.join(MODEL_CONFIGS)}); the nearest, {nearest.name}, "
+        f"differs in {', '.join(shape.differences(nearest))}"
+    )
+
+
 @dataclass(frozen=True)
 class Choice:
     """The model to build for a checkpoint, the decoder form to run, and how both were chosen."""
@@ -150,9 +167,7 @@ def choose(
     else:
         names = fitting(shape)
         if not names:
-            raise CheckpointError(
-                f"{source} holds {shape.describe()}, which is none of the models us43d builds ({', '.join(MODEL_CONFIGS)})"
-            )
+            raise CheckpointError(f"{source} holds {shape.describe()}, {unknown_shape(shape)}")
         if model is not None and model not in names:
             raise CheckpointError(
                 f"{source} holds {shape.describe()}; --model {model} does not fit it "
@@ -181,12 +196,18 @@ def check_fits(weights: Weights, config: ModelConfig, source: str) -> None:
     shape = found_shape(weights.state)
     if shape is None:
         return  # load_into names the keys that do not fit
-    if config.name not in fitting(shape) or shape.image_size != config.image_size:
-        names = fitting(shape)
-        hint = f"give --model {names[0]}" if names and names[0] != config.name else f"give --image-size {shape.image_size}"
-        raise CheckpointError(
-            f"{source} holds {shape.describe()}; --model {config.name} at {config.image_size} px does not fit it ({hint})"
-        )
+    names = fitting(shape)
+    if config.name in names and shape.image_size == config.image_size:
+        return
+    if not names:
+        hint = unknown_shape(shape)
+    elif config.name not in names:
+        hint = f"give --model {names[0]}"
+    else:
+        hint = f"give --image-size {shape.image_size}"
+    raise CheckpointError(
+        f"{source} holds {shape.describe()}; --model {config.name} at {config.image_size} px does not fit it ({hint})"
+    )
 
 
 def load_model(
