@@ -397,6 +397,13 @@ def status(
     console.print(table)
 
 
+MODEL_HELP = "vit_b, vit_l, vit_h or tiny (default: read from the checkpoint's tensors; vit_b without one)."
+DECODER_HELP = (
+    "authors (default: the UltraSam code's decoder, 2q + MLP(q), dropout 0.1 in training; their SAM and UltraSam rows) "
+    "or sam (segment_anything's). A run's files and MMDetection files say their own and are converted."
+)
+
+
 def _parse_floats(text: str | None, count: int, name: str) -> tuple[float, ...] | None:
     if text is None:
         return None
@@ -418,7 +425,12 @@ def train(
         str | None, typer.Option(help="Organ group(s) to leave out (UltraSam*), e.g. breast or breast,ovary.")
     ] = None,
     init: Annotated[
-        Path | None, typer.Option(help="Start from a SAM, MedSAM, UltraSam (MMDetection) or us43d checkpoint.")
+        Path | None,
+        typer.Option(
+            help="Starting weights of a new run (required): official SAM (sam_vit_b_01ec64.pth, from "
+            "https://dl.fbaipublicfiles.com/segment_anything/sam_vit_b_01ec64.pth), MedSAM, UltraSam.pth "
+            "or a run's model.pth; 'none' trains from random weights."
+        ),
     ] = None,
     config: Annotated[Path | None, typer.Option(help="YAML file of training settings (flags override it).")] = None,
     resume_run: Annotated[bool, typer.Option("--resume", help="Continue the run in --out exactly where it stopped.")] = False,
@@ -438,6 +450,7 @@ def train(
         bool | None,
         typer.Option("--refine/--no-refine", help="Refinement pass with the previous mask logits (recipe default: on)."),
     ] = None,
+    decoder: Annotated[str | None, typer.Option(help=DECODER_HELP)] = None,
 ) -> None:
     """Fine-tune SAM on the corpus with the UltraSam recipe (torchrun for several GPUs).
 
@@ -458,6 +471,7 @@ def train(
         "checkpoint_every": checkpoint_every,
         "efficient_attention": efficient_attention,
         "refine": refine,
+        "decoder": decoder,
         "exclude": tuple(exclude.split(",")) if exclude else None,
         "datasets": tuple(datasets.split(",")) if datasets else None,
         "init": str(init) if init else None,
@@ -480,8 +494,9 @@ def evaluate_checkpoint(
     ] = "BUS-BRA,MMOTU-2D,GIST514-DB",
     split: Annotated[str, typer.Option(help="train, val or test.")] = "test",
     prompt: Annotated[str, typer.Option(help="point, box or both.")] = "both",
-    model: Annotated[str, typer.Option(help="Model shape of the checkpoint.")] = "vit_b",
-    image_size: Annotated[int | None, typer.Option(help="Input side (default: the model's).")] = None,
+    model: Annotated[str | None, typer.Option(help=MODEL_HELP)] = None,
+    image_size: Annotated[int | None, typer.Option(help="Input side (default: the checkpoint's).")] = None,
+    decoder: Annotated[str | None, typer.Option(help=DECODER_HELP)] = None,
     protocol: Annotated[
         str,
         typer.Option(
@@ -550,7 +565,8 @@ def evaluate_checkpoint(
         split_file(corpus, name, split)  # a missing file is reported before the model is loaded
     if checkpoint is None:
         err_console.print("note: no --checkpoint: evaluating randomly initialised weights")
-    predictor = load_predictor(checkpoint, model, image_size)
+    notes: list[str] = []
+    predictor = load_predictor(checkpoint, model, image_size, decoder=decoder, report=notes.append)
     table = evaluate(predictor, corpus, names, prompts, protocol=chosen, split=split, max_images=max_images)
     result = Table(title=f"mAP / mAP@50 (%), {split} split")
     result.add_column("dataset")
@@ -568,6 +584,8 @@ def evaluate_checkpoint(
     for label, text in chosen.describe(split):
         settings.add_row(label, text)
     console.print(settings)
+    for note in notes:
+        console.print(note, highlight=False, markup=False)
     if json_out:
         document = {
             "checkpoint": str(checkpoint) if checkpoint else None,
@@ -588,16 +606,30 @@ def convert_checkpoint(
     source: Annotated[Path, typer.Argument(help="UltraSam.pth (MMDetection names) or any supported checkpoint.")],
     target: Annotated[Path, typer.Argument(help="Output file.")],
     to: Annotated[str, typer.Option(help="sam (segment_anything names) or mmdet.")] = "sam",
+    decoder: Annotated[
+        str | None,
+        typer.Option(
+            help="The decoder SOURCE's weights are for, where the file does not say (MMDetection files are the "
+            "authors', a run's files record theirs): authors (default, as the authors' code reads official SAM) or sam."
+        ),
+    ] = None,
 ) -> None:
-    """Convert between MMDetection (UltraSam release) and segment_anything checkpoints."""
+    """Convert between MMDetection (UltraSam release) and segment_anything checkpoints.
+
+    The output keeps the weights' outputs: segment_anything names are written for
+    segment_anything's decoder, MMDetection names for the authors'."""
     from us43d.training.checkpoints import convert_checkpoint as convert
     from us43d.training.outputs import refuse_overwriting
+    from us43d.training.sam import DECODER_NAMES
 
     if to not in ("sam", "mmdet"):
         raise Us43dError("--to takes sam or mmdet")
     refuse_overwriting(target, {"the source checkpoint": source}, "target")
-    count = convert(source, target, to)
-    console.print(f"wrote {target}: {count} tensors ({'segment_anything' if to == 'sam' else 'MMDetection'} names)")
+    count, form = convert(source, target, to, decoder)
+    names = "segment_anything names, for its decoder" if to == "sam" else "MMDetection names, for the authors' decoder"
+    console.print(f"wrote {target}: {count} tensors ({names}); {source} was read as weights for {DECODER_NAMES[form]}")
+    if to == "sam":
+        console.print(f"to evaluate {target} itself with us43d, give --decoder sam (files of this kind do not say their form)")
 
 
 @app.command()
@@ -614,8 +646,9 @@ def predict(
     ],
     point: Annotated[str | None, typer.Option(help="X,Y in image pixels.")] = None,
     box: Annotated[str | None, typer.Option(help="X0,Y0,X1,Y1 in image pixels.")] = None,
-    model: Annotated[str, typer.Option(help="Model shape of the checkpoint.")] = "vit_b",
-    image_size: Annotated[int | None, typer.Option(help="Input side (default: the model's).")] = None,
+    model: Annotated[str | None, typer.Option(help=MODEL_HELP)] = None,
+    image_size: Annotated[int | None, typer.Option(help="Input side (default: the checkpoint's).")] = None,
+    decoder: Annotated[str | None, typer.Option(help=DECODER_HELP)] = None,
 ) -> None:
     """Segment one structure of one image from a point or a box."""
     from us43d.training.evaluate import load_predictor
@@ -625,9 +658,13 @@ def predict(
         raise Us43dError("give exactly one of --point X,Y or --box X0,Y0,X1,Y1")
     prompt_point, prompt_box = _parse_floats(point, 2, "--point"), _parse_floats(box, 4, "--box")
     mask_path, overlay_path = prediction_paths(image, out, {"the input image": image, "the checkpoint": checkpoint})
-    mask, score, rgb = predict_image(load_predictor(checkpoint, model, image_size), image, prompt_point, prompt_box)
+    notes: list[str] = []
+    predictor = load_predictor(checkpoint, model, image_size, decoder=decoder, report=notes.append)
+    mask, score, rgb = predict_image(predictor, image, prompt_point, prompt_box)
     write_prediction(mask, rgb, mask_path, overlay_path)
     console.print(f"wrote {mask_path} ({int(mask.sum())} pixels, predicted IoU {score:.3f}) and {overlay_path}")
+    for note in notes:
+        console.print(note, highlight=False, markup=False)
 
 
 @app.command()
@@ -709,6 +746,7 @@ def _demo_training(corpus: Path, run: Path, iters: int, workers: int) -> None:
         workers=0,
         checkpoint_every=iters,
         log_every=10,
+        init="none",  # the demo shows the recipe on synthetic data, from random weights
     )
     run_training(corpus, run, settings, console=console)
     trained = evaluate(load_predictor(run / "model.pth", "tiny"), corpus, ["BUS-BRA"])

@@ -30,7 +30,16 @@ def tiny_config(**changes):
     from us43d.training.train import TrainConfig
 
     settings = dict(
-        model="tiny", iters=6, batch_size=2, workers=0, lr=1e-3, warmup_iters=2, milestones=(), checkpoint_every=3, log_every=1
+        model="tiny",
+        iters=6,
+        batch_size=2,
+        workers=0,
+        lr=1e-3,
+        warmup_iters=2,
+        milestones=(),
+        checkpoint_every=3,
+        log_every=1,
+        init="none",
     )
     settings.update(changes)
     return TrainConfig(**settings)

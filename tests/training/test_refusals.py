@@ -19,7 +19,7 @@ from us43d.training.sam import build_model, model_config
 from us43d.training.train import train
 
 runner = CliRunner()
-TINY_RUN = ["--model", "tiny", "--batch-size", "2", "--workers", "0", "--no-refine"]
+TINY_RUN = ["--model", "tiny", "--batch-size", "2", "--workers", "0", "--no-refine", "--init", "none"]
 
 
 def invoke(*args: str):

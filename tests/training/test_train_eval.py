@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -89,6 +90,8 @@ def test_two_process_ddp_on_gloo(demo_corpus: Path, tmp_path: Path) -> None:
         "0",
         "--checkpoint-every",
         "2",
+        "--init",
+        "none",
     ]
     result = subprocess.run(command, capture_output=True, text=True, env=env)
     assert result.returncode == 0, result.stderr[-3000:]
@@ -149,6 +152,8 @@ def test_cli_train_eval_convert_predict(demo_corpus: Path, tmp_path: Path) -> No
             "--workers",
             "0",
             "--no-refine",
+            "--init",
+            "none",
         ],
         catch_exceptions=False,
     )
@@ -190,9 +195,20 @@ def test_cli_train_eval_convert_predict(demo_corpus: Path, tmp_path: Path) -> No
     )
     assert missing.exit_code == 2 and "test set of MMOTU-2D is absent" in missing.output
     wrong = runner.invoke(
-        app, ["eval", "--checkpoint", str(run / "model.pth"), "--corpus", str(demo_corpus), "--datasets", "BUS-BRA"]
+        app,
+        [
+            "eval",
+            "--checkpoint",
+            str(run / "model.pth"),
+            "--corpus",
+            str(demo_corpus),
+            "--datasets",
+            "BUS-BRA",
+            "--model",
+            "vit_b",
+        ],
     )
-    assert wrong.exit_code == 2 and "does not match the model" in wrong.output
+    assert wrong.exit_code == 2 and "holds a tiny model" in wrong.output and "--model vit_b does not fit it" in wrong.output
 
     mmdet = tmp_path / "ultrasam.pth"
     assert runner.invoke(app, ["convert-checkpoint", str(run / "model.pth"), str(mmdet), "--to", "mmdet"]).exit_code == 0
@@ -201,7 +217,10 @@ def test_cli_train_eval_convert_predict(demo_corpus: Path, tmp_path: Path) -> No
     original, returned = weights(run), torch.load(back, weights_only=True)
     assert original.keys() == returned.keys()
     for key in original:
-        torch.testing.assert_close(returned[key], original[key])
+        # the run trained the authors' decoder (its run.json says so); written for segment_anything's,
+        # the decoder MLP's second layer is halved to keep the outputs
+        factor = 0.5 if re.match(r"mask_decoder\.transformer\.layers\.\d\.mlp\.lin2\.", key) else 1.0
+        torch.testing.assert_close(returned[key], original[key] * factor, rtol=0, atol=0, msg=key)
 
     image = next((demo_corpus / "images" / "BUS-BRA").glob("*.png"))
     out = tmp_path / "mask.png"

@@ -355,15 +355,17 @@ def evaluate(
 
 
 def load_predictor(
-    checkpoint: Path | None, model: str = "vit_b", image_size: int | None = None, device: str | None = None
+    checkpoint: Path | None,
+    model: str | None = None,
+    image_size: int | None = None,
+    device: str | None = None,
+    decoder: str | None = None,
+    report: Callable[[str], Any] | None = None,
 ) -> Predictor:
-    from us43d.training.checkpoints import load_into, read_state_dict
-    from us43d.training.sam import build_model, model_config
+    """The checkpoint's model; shape and decoder form from the file unless given (model_shape.load_model)."""
+    from us43d.training.model_shape import load_model
 
-    config = model_config(model, image_size)
-    sam = build_model(config)
-    if checkpoint is not None:
-        load_into(sam, read_state_dict(checkpoint), str(checkpoint))
+    sam, config = load_model(checkpoint, model, image_size, decoder, report)
     target = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     return Predictor(sam.to(target).eval(), config.image_size, target)
 

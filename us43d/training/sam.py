@@ -106,7 +106,10 @@ MODEL_CONFIGS = {
         prompt_dim=32,
         decoder_mlp_dim=64,
         decoder_heads=2,
-        mask_in_chans=4,
+        # segment_anything's mask path narrows to mask_in_chans // 4 channels and normalises
+        # them with LayerNorm2d; one channel would normalise to zero and silence the mask
+        # prompt, so the tiny model keeps the real width (4 channels there).
+        mask_in_chans=16,
         iou_hidden_dim=32,
     ),
 }
@@ -124,8 +127,19 @@ def model_config(name: str, image_size: int | None = None) -> ModelConfig:
     return config
 
 
-def build_model(config: ModelConfig, efficient_attention: bool = True) -> Any:
-    """A freshly initialised `segment_anything.modeling.Sam` of the given shape."""
+# The decoder forms a model can run (recipe sheet, section 3.2): "sam" is segment_anything's
+# two-way transformer; "authors" is the UltraSam code's, whose MLP block adds its input twice,
+# norm3(2q + MLP(q)), with dropout 0.1 in the MLP while training. The authors' code runs every
+# checkpoint through its own form, official SAM included, so reproducing their SAM and UltraSam
+# rows, and their training, needs that form: it is the default.
+DECODERS = ("authors", "sam")
+DEFAULT_DECODER = "authors"
+DECODER_NAMES = {"authors": "the authors' decoder", "sam": "segment_anything's decoder"}
+
+
+def build_model(config: ModelConfig, efficient_attention: bool = True, decoder: str = "sam") -> Any:
+    """A freshly initialised `segment_anything.modeling.Sam` of the given shape, running the
+    given decoder form (segment_anything's own unless asked otherwise)."""
     torch = _require_torch()
     modeling = sam_package().modeling
     sam = modeling.Sam(
@@ -165,4 +179,10 @@ def build_model(config: ModelConfig, efficient_attention: bool = True) -> Any:
         from us43d.training.attention import use_efficient_attention
 
         use_efficient_attention(sam)
+    if decoder not in DECODERS:
+        raise Us43dError(f"unknown decoder '{decoder}' (choose from {', '.join(DECODERS)})")
+    if decoder == "authors":
+        from us43d.training.decoder import use_authors_decoder
+
+        use_authors_decoder(sam)
     return sam

@@ -21,10 +21,10 @@ from pydantic import BeforeValidator, Field, TypeAdapter, ValidationError
 
 from us43d.errors import Us43dError
 from us43d.training import engine
-from us43d.training.checkpoints import CheckpointError, atomic_save, load_into, load_untrusted, read_state_dict
+from us43d.training.checkpoints import CheckpointError, Weights, atomic_save, load_into, load_untrusted, read_weights
 from us43d.training.data import InfiniteBatchSampler, TrainDataset, collate, load_selection
 from us43d.training.losses import LossParts, mask_losses
-from us43d.training.sam import build_model, model_config
+from us43d.training.sam import DECODER_NAMES, build_model, model_config
 
 
 def _names(value: Any) -> Any:
@@ -60,6 +60,9 @@ class TrainConfig:
     iou_loss: Literal["mse", "l1"] = "mse"  # "mse" (authors' code) or "l1" (paper's wording)
     flip: bool = True
     efficient_attention: bool = True
+    # "authors": the UltraSam code's decoder, norm3(2q + MLP(q)) with dropout 0.1 in its MLPs,
+    # which their training and their SAM row ran; "sam": segment_anything's (sam.DECODERS).
+    decoder: Literal["authors", "sam"] = "authors"
     bf16: bool = True  # autocast on GPU only
     seed: NonNegative = 0
     workers: NonNegative = 2
@@ -67,7 +70,7 @@ class TrainConfig:
     log_every: Count = 10
     exclude: Names = ()
     datasets: Names = ()
-    init: str | None = None
+    init: str | None = None  # a checkpoint, or "none" for random weights; None (not given) is refused
 
     @classmethod
     def from_file(cls, path: Path, **overrides: Any) -> TrainConfig:
@@ -125,7 +128,8 @@ def continued_config(saved: Mapping[str, Any], given: Mapping[str, Any], run: Pa
     Any other given setting that differs from the run's is refused: continuing a run with
     another learning rate or batch size would silently be neither the old run nor a new one.
     """
-    own = TrainConfig.from_dict(dict(saved), run / "checkpoint.pt")
+    # runs saved before the decoder setting existed ran segment_anything's decoder
+    own = TrainConfig.from_dict({"decoder": "sam", **saved}, run / "checkpoint.pt")
     asked = TrainConfig.from_dict({**asdict(own), **given})
     differ = [
         f"{name} {getattr(asked, name)!r} (the run's: {getattr(own, name)!r})"
@@ -256,6 +260,7 @@ def check_new_run_folder(run: Path) -> None:
 
 def train(corpus: Path, run: Path, config: TrainConfig, console: Any = None) -> dict[str, Any]:
     """Start a new run in `run` (a new or empty folder) and return a summary."""
+    require_init(config)
     check_new_run_folder(run)  # before any rank writes: every rank checks before the rendezvous
     return _launch(corpus, run, config, None, console)
 
@@ -295,13 +300,12 @@ def _train(
     selection = load_selection(corpus, "train", config.exclude, config.datasets or None)
     if not selection.entries:
         raise Us43dError("no training images left after --exclude / --datasets")
-    sam = build_model(shape, efficient_attention=config.efficient_attention)
+    init = None if state is not None or starts_from_random(config.init) else _read_init(shape, config)
+    sam = build_model(shape, efficient_attention=config.efficient_attention, decoder=config.decoder)
     if state is not None:
         load_into(sam, state["model"], "the run's checkpoint")
-    elif config.init:
-        kept = load_into(sam, read_state_dict(Path(config.init)), config.init)
-        if kept and ctx.main and console:
-            console.print(f"note: {config.init} has no mask_downscaling weights; kept the fresh ones")
+    elif init is not None:
+        _load_init(sam, init, config, console if ctx.main else None)
     sam.to(ctx.device).train()
     model: torch.nn.Module = TrainStep(sam, config, ctx.device)
     if ctx.world > 1:
@@ -315,8 +319,6 @@ def _train(
     if state is not None:
         optimizer.load_state_dict(state["optimizer"])
         start = int(state["step"])
-        if "rng" in state:
-            torch.set_rng_state(state["rng"]["torch"])
     dataset = TrainDataset(corpus, selection.entries, shape.image_size, shape.low_res_size, flip=config.flip)
     sampler = InfiniteBatchSampler(len(dataset), config.batch_size, config.seed, ctx.rank, ctx.world, start_step=start)
     loader = torch.utils.data.DataLoader(
@@ -356,6 +358,10 @@ def _train(
     progress = _progress(console if ctx.main else None, config.iters, start)
     started, seen = time.perf_counter(), 0
     batches = iter(loader)
+    if state is not None and "rng" in state:
+        # after the loader drew its seed, as a run that never stopped had done by then: the
+        # authors' decoder draws its dropout from this generator at every step
+        torch.set_rng_state(state["rng"]["torch"])
     for step in range(start, config.iters):
         batch = next(batches)
         for group in optimizer.param_groups:
@@ -394,6 +400,46 @@ def _train(
 
         plot_losses(metrics_path, run / "losses.png")
     return {"run": str(run), "steps": config.iters, "images": len(selection.entries), "datasets": selection.counts}
+
+
+NO_INIT = "none"
+SAM_VIT_B_URL = "https://dl.fbaipublicfiles.com/segment_anything/sam_vit_b_01ec64.pth"
+
+
+def starts_from_random(init: str | None) -> bool:
+    return init is None or init.strip().lower() == NO_INIT
+
+
+def require_init(config: TrainConfig) -> None:
+    """The recipe fine-tunes SAM: random weights only when asked for by name."""
+    if config.init is None:
+        raise Us43dError(
+            f"no starting weights: the recipe fine-tunes SAM ViT-B, so give --init sam_vit_b_01ec64.pth (official "
+            f"SAM weights, from {SAM_VIT_B_URL}); --init also takes MedSAM and UltraSam checkpoints and a run's "
+            f"model.pth; --init {NO_INIT} trains from random weights"
+        )
+
+
+def _read_init(shape: Any, config: TrainConfig) -> Weights:
+    """The --init weights, refused before any model is built if they are of another shape."""
+    from us43d.training.model_shape import check_fits
+
+    assert config.init is not None
+    weights = read_weights(Path(config.init))
+    check_fits(weights, shape, config.init)
+    return weights
+
+
+def _load_init(sam: torch.nn.Module, weights: Weights, config: TrainConfig, console: Any) -> None:
+    """The --init weights in the run's decoder form (converted when the file says its own)."""
+    kept = load_into(sam, weights.for_decoder(config.decoder), str(config.init))
+    if console:
+        for note in weights.notes:
+            console.print(f"note: {note}")
+        if weights.form is not None and weights.form != config.decoder:
+            console.print(f"note: {config.init} holds weights for {DECODER_NAMES[weights.form]}: converted for the run's")
+        if kept:
+            console.print(f"note: {config.init} has no mask_downscaling weights; kept the fresh ones")
 
 
 def _keep_metrics_until(path: Path, step: int) -> None:
