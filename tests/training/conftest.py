@@ -32,5 +32,7 @@ def tiny_config(**changes):
     settings = dict(
         model="tiny", iters=6, batch_size=2, workers=0, lr=1e-3, warmup_iters=2, milestones=(), checkpoint_every=3, log_every=1
     )
+    # one step per iteration and no validation unless a test asks: the tests stay fast
+    settings.update(global_batch=None, val_every=0)
     settings.update(changes)
     return TrainConfig(**settings)
