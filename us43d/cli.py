@@ -416,6 +416,15 @@ def _parse_floats(text: str | None, count: int, name: str) -> tuple[float, ...] 
     return values
 
 
+def _parse_ints(text: str | None, name: str) -> tuple[int, ...] | None:
+    if text is None:
+        return None
+    try:
+        return tuple(int(v) for v in text.split(",") if v.strip())
+    except ValueError:
+        raise Us43dError(f"{name} takes comma-separated whole numbers, got '{text}'") from None
+
+
 @app.command()
 @_friendly
 def train(
@@ -436,7 +445,9 @@ def train(
     resume_run: Annotated[bool, typer.Option("--resume", help="Continue the run in --out exactly where it stopped.")] = False,
     model: Annotated[str | None, typer.Option(help="vit_b (default), vit_l, vit_h, or tiny (tests, demos).")] = None,
     iters: Annotated[int | None, typer.Option(help="Iterations in all (default 30,000; with --resume: a new total).")] = None,
-    batch_size: Annotated[int | None, typer.Option(help="Images per GPU/process (default 8).")] = None,
+    batch_size: Annotated[
+        int | None, typer.Option(help="Images per step and GPU (default 8, or the preset's); accumulation makes up the rest.")
+    ] = None,
     image_size: Annotated[int | None, typer.Option(help="Input side (default: the model's, 1024).")] = None,
     lr: Annotated[float | None, typer.Option(help="Peak learning rate (default 1e-4).")] = None,
     workers: Annotated[int | None, typer.Option(help="Data-loading processes per GPU.")] = None,
@@ -451,12 +462,56 @@ def train(
         typer.Option("--refine/--no-refine", help="Refinement pass with the previous mask logits (recipe default: on)."),
     ] = None,
     decoder: Annotated[str | None, typer.Option(help=DECODER_HELP)] = None,
+    global_batch: Annotated[
+        int | None, typer.Option(help="Images per iteration over all GPUs and accumulation steps (recipe: 32).")
+    ] = None,
+    accumulation: Annotated[
+        int | None, typer.Option(help="Steps per iteration (default: --global-batch / (--batch-size x GPUs)).")
+    ] = None,
+    warmup_iters: Annotated[int | None, typer.Option(help="Warm-up iterations (default: 500/30,000 of --iters).")] = None,
+    milestones: Annotated[
+        str | None,
+        typer.Option(
+            help="Iterations where the lr drops x0.1, comma-separated, '' for none "
+            "(default: 20,000 and 28,888 of 30,000, scaled to --iters)."
+        ),
+    ] = None,
+    val_every: Annotated[
+        int | None, typer.Option(help="Validate every N iterations and at the end; 0: never (default: 5,000/30,000 of --iters).")
+    ] = None,
+    val_max_images: Annotated[
+        int | None, typer.Option(help="Validate on at most N val images per dataset (default: all; a fixed seeded subset).")
+    ] = None,
+    precision: Annotated[
+        str | None, typer.Option(help="fp32 (default: the authors' precision) or bf16 (autocast: faster, other numerics).")
+    ] = None,
+    preset: Annotated[
+        str | None, typer.Option(help="GPU memory: 24gb, 40gb or 80gb sets --batch-size and checkpointing (ViT-B, 1024).")
+    ] = None,
+    activation_checkpointing: Annotated[
+        bool | None,
+        typer.Option(
+            "--activation-checkpointing/--no-activation-checkpointing",
+            help="Recompute image-encoder blocks in the backward pass: less memory, about a third more compute.",
+        ),
+    ] = None,
+    freeze_encoder: Annotated[
+        bool | None,
+        typer.Option("--freeze-encoder/--no-freeze-encoder", help="Train the prompt encoder and mask decoder only."),
+    ] = None,
+    tensorboard: Annotated[
+        bool | None, typer.Option("--tensorboard/--no-tensorboard", help="Also log to RUN/tensorboard (needs tensorboard).")
+    ] = None,
 ) -> None:
     """Fine-tune SAM on the corpus with the UltraSam recipe (torchrun for several GPUs).
 
+    The recipe's 32 images per iteration are reached with gradient accumulation on fewer GPUs,
+    and its warm-up, decays and validation cadence scale with --iters unless given.
+
     A new run needs a new or empty --out. --resume continues the run in --out with its own
-    settings; --iters then sets a new total (above the iteration reached), --workers and
-    --checkpoint-every may change, and any other setting that differs is refused."""
+    settings; --iters then sets a new total (above the iteration reached), --workers,
+    --checkpoint-every, --accumulation and --tensorboard may change, and any other setting that
+    differs is refused."""
     from us43d.training.train import TrainConfig, read_settings_file, resume
     from us43d.training.train import train as start
 
@@ -472,6 +527,17 @@ def train(
         "efficient_attention": efficient_attention,
         "refine": refine,
         "decoder": decoder,
+        "global_batch": global_batch,
+        "accumulation": accumulation,
+        "warmup_iters": warmup_iters,
+        "milestones": _parse_ints(milestones, "--milestones"),
+        "val_every": val_every,
+        "val_max_images": val_max_images,
+        "precision": precision,
+        "preset": preset,
+        "activation_checkpointing": activation_checkpointing,
+        "freeze_encoder": freeze_encoder,
+        "tensorboard": tensorboard,
         "exclude": tuple(exclude.split(",")) if exclude else None,
         "datasets": tuple(datasets.split(",")) if datasets else None,
         "init": str(init) if init else None,
@@ -481,7 +547,9 @@ def train(
         summary = resume(corpus, out, given, console=console)
     else:
         summary = start(corpus, out, TrainConfig.from_dict(given), console=console)
-    console.print(f"done: {summary['steps']} iterations; weights in {out / 'model.pth'}, curves in {out / 'losses.png'}")
+    best = summary.get("best")
+    kept = f", best by val mAP ({best['val_mAP']:.2f} at step {best['step']}) in {out / 'best.pth'}" if best else ""
+    console.print(f"done: {summary['steps']} iterations; weights in {out / 'model.pth'}{kept}, curves in {out / 'losses.png'}")
 
 
 @app.command("eval")
@@ -740,6 +808,7 @@ def _demo_training(corpus: Path, run: Path, iters: int, workers: int) -> None:
         model="tiny",
         iters=iters,
         batch_size=4,
+        global_batch=4,  # one step of 4 per iteration: the demo stays short on a laptop
         lr=1e-3,
         warmup_iters=20,
         milestones=(),

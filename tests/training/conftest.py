@@ -41,5 +41,7 @@ def tiny_config(**changes):
         log_every=1,
         init="none",
     )
+    # one step per iteration and no validation unless a test asks: the tests stay fast
+    settings.update(global_batch=None, val_every=0)
     settings.update(changes)
     return TrainConfig(**settings)

@@ -19,7 +19,10 @@ from us43d.training.sam import build_model, model_config
 from us43d.training.train import train
 
 runner = CliRunner()
-TINY_RUN = ["--model", "tiny", "--batch-size", "2", "--workers", "0", "--no-refine", "--init", "none"]
+TINY_RUN = [
+    *("--model", "tiny", "--batch-size", "2", "--global-batch", "2", "--val-every", "0"),
+    *("--workers", "0", "--no-refine", "--init", "none"),
+]
 
 
 def invoke(*args: str):

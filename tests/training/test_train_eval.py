@@ -92,11 +92,18 @@ def test_two_process_ddp_on_gloo(demo_corpus: Path, tmp_path: Path) -> None:
         "2",
         "--init",
         "none",
+        "--global-batch",
+        "8",
+        "--val-every",
+        "2",
     ]
     result = subprocess.run(command, capture_output=True, text=True, env=env)
     assert result.returncode == 0, result.stderr[-3000:]
     log = json.loads((tmp_path / "ddp" / "run.json").read_text())
     assert log["world_size"] == 2
+    # 2 images per step x 2 accumulation steps x 2 processes; validation shared out over the ranks
+    assert log["batch"] == {"per_step": 2, "accumulation": 2, "world_size": 2, "per_iteration": 8}
+    assert log["best"]["step"] in (2, 4) and (tmp_path / "ddp" / "best.pth").is_file()
     assert len(weights(tmp_path / "ddp")) > 0
 
 

@@ -232,14 +232,19 @@ class InfiniteBatchSampler(torch.utils.data.Sampler[list[tuple[int, int]]]):
     """Endless seeded epochs over the data; rank r of w takes every w-th sample.
 
     The stream is a pure function of (seed, position), so starting at a step reproduces the
-    batches an uninterrupted run would have drawn from that step on.
+    batches an uninterrupted run would have drawn from that step on. With gradient
+    accumulation each step yields `accumulation` micro-batches, and micro-batch m of rank r
+    reads what rank r * accumulation + m of `world * accumulation` processes would read: one
+    GPU accumulating 4 batches of 8 sees exactly the 32 samples of the recipe's 4 GPUs.
     """
 
-    def __init__(self, size: int, batch_size: int, seed: int, rank: int = 0, world: int = 1, start_step: int = 0) -> None:
+    def __init__(
+        self, size: int, batch_size: int, seed: int, rank: int = 0, world: int = 1, start_step: int = 0, accumulation: int = 1
+    ) -> None:
         if size == 0:
             raise Us43dError("no training images: the selection is empty")
         self.size, self.batch_size, self.seed, self.rank, self.world = size, batch_size, seed, rank, world
-        self.start_step = start_step
+        self.start_step, self.accumulation = start_step, accumulation
 
     def _permutation(self, epoch: int) -> torch.Tensor:
         generator = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
@@ -247,14 +252,17 @@ class InfiniteBatchSampler(torch.utils.data.Sampler[list[tuple[int, int]]]):
 
     def __iter__(self) -> Iterator[list[tuple[int, int]]]:
         step = self.start_step
+        streams = self.world * self.accumulation
         cached_epoch, permutation = -1, torch.empty(0, dtype=torch.long)
         while True:
-            batch = []
-            for slot in range(self.batch_size):
-                position = (step * self.batch_size + slot) * self.world + self.rank
-                epoch, offset = divmod(position, self.size)
-                if epoch != cached_epoch:
-                    cached_epoch, permutation = epoch, self._permutation(epoch)
-                batch.append((int(permutation[offset]), sample_seed(self.seed, position)))
-            yield batch
+            for micro in range(self.accumulation):
+                stream = self.rank * self.accumulation + micro
+                batch = []
+                for slot in range(self.batch_size):
+                    position = (step * self.batch_size + slot) * streams + stream
+                    epoch, offset = divmod(position, self.size)
+                    if epoch != cached_epoch:
+                        cached_epoch, permutation = epoch, self._permutation(epoch)
+                    batch.append((int(permutation[offset]), sample_seed(self.seed, position)))
+                yield batch
             step += 1

@@ -333,6 +333,20 @@ def evaluate(
     if max_images is not None and max_images < 1:
         raise Us43dError(f"max_images must be at least 1, got {max_images}")
     paths = {d: split_file(corpus, d, split) for d in datasets}
+    truths = {d: evaluation_ground_truth(read_ground_truth(path), d, split, protocol, max_images) for d, path in paths.items()}
+    return score_truths(predictor, corpus / "images", truths, prompts, protocol, progress)
+
+
+def score_truths(
+    predictor: Predictor,
+    image_root: Path,
+    truths: dict[str, dict[str, Any]],
+    prompts: Sequence[str] = PROMPTS,
+    protocol: Protocol = DEFAULT_PROTOCOL,
+    progress: Callable[[str, int], Callable[[], None]] | None = None,
+) -> dict[str, dict[str, dict[str, float]]]:
+    """`evaluate` on ground truth already in memory ({dataset: COCO document}): validation
+    during training scores its own subsets of the val split this way."""
 
     def predict(
         rgb: np.ndarray, points: np.ndarray, boxes: np.ndarray, wanted: Sequence[str]
@@ -346,10 +360,9 @@ def evaluate(
         }
 
     table: dict[str, dict[str, dict[str, float]]] = {}
-    for dataset, path in paths.items():
-        ground_truth = evaluation_ground_truth(read_ground_truth(path), dataset, split, protocol, max_images)
+    for dataset, ground_truth in truths.items():
         tick = progress(dataset, len(ground_truth["images"])) if progress else None
-        predictions = predict_dataset(ground_truth, corpus / "images", predict, prompts, tick)
+        predictions = predict_dataset(ground_truth, image_root, predict, prompts, tick)
         table[dataset] = {prompt: coco_map(ground_truth, predictions[prompt], protocol.class_agnostic) for prompt in prompts}
     return table
 
@@ -379,5 +392,6 @@ __all__ = [
     "load_predictor",
     "predict_dataset",
     "resized_shape",
+    "score_truths",
     "to_original",
 ]

@@ -14,7 +14,8 @@ def plot_losses(metrics: Path, out: Path, size: tuple[int, int] = (800, 480)) ->
     """One line per loss term against the step; focal is drawn x20 as it enters the total."""
     if not metrics.is_file():
         return False
-    rows = [json.loads(line) for line in metrics.read_text().splitlines() if line.strip()]
+    records = [json.loads(line) for line in metrics.read_text().splitlines() if line.strip()]
+    rows = [r for r in records if all(k in r for k in COLOURS)]  # validation records carry no losses
     if not rows:
         return False
     width, height = size

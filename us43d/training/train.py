@@ -1,7 +1,12 @@
 """The training loop: UltraSam's recipe on plain PyTorch, one process per GPU via torchrun.
 
-Run state (model, optimiser, step, configuration) is saved atomically; the learning rate
-and the data stream are pure functions of the step, so `--resume` continues exactly.
+Run state (model, optimiser, step, configuration, validation bookkeeping) is saved
+atomically; the learning rate and the data stream are pure functions of the step, so
+`--resume` continues exactly.
+
+The recipe is written for 4 GPUs and 30,000 iterations. On other hardware and lengths it is
+kept, not truncated: gradient accumulation makes up the global batch of 32 images, and the
+warm-up, the decays and the validation cadence scale with `--iters` unless they are set.
 """
 
 from __future__ import annotations
@@ -9,8 +14,9 @@ from __future__ import annotations
 import json
 import os
 import time
-from collections.abc import Mapping
-from dataclasses import asdict, dataclass, field, fields
+from collections.abc import Iterable, Mapping
+from contextlib import nullcontext
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -24,7 +30,25 @@ from us43d.training import engine
 from us43d.training.checkpoints import CheckpointError, Weights, atomic_save, load_into, load_untrusted, read_weights
 from us43d.training.data import InfiniteBatchSampler, TrainDataset, collate, load_selection
 from us43d.training.losses import LossParts, mask_losses
+from us43d.training.memory import (
+    PRESETS,
+    autocast_dtype,
+    describe_memory,
+    encoder_is_trained,
+    freeze_image_encoder,
+    use_activation_checkpointing,
+)
 from us43d.training.sam import DECODER_NAMES, build_model, model_config
+from us43d.training.validation import Validator, ValState, read_val_files, summary_map
+
+# The recipe (recipe sheet, section 5): 8 images on each of 4 GPUs, 30,000 iterations with a
+# 500-iteration warm-up, decays at 20,000 and 28,888, validation every 5,000.
+RECIPE_ITERS = 30_000
+RECIPE_GLOBAL_BATCH = 32
+RECIPE_BATCH_SIZE = 8
+RECIPE_WARMUP = 500
+RECIPE_MILESTONES = (20_000, 28_888)
+RECIPE_VAL_EVERY = 5_000
 
 
 def _names(value: Any) -> Any:
@@ -42,17 +66,25 @@ Names = Annotated[tuple[str, ...], BeforeValidator(_names)]
 
 @dataclass
 class TrainConfig:
-    """Defaults are the paper's recipe (ViT-B, 1024, 8 images per GPU, 30,000 iterations)."""
+    """Defaults are the paper's recipe (ViT-B, 1024, 32 images per iteration, 30,000 iterations).
+
+    A None means "derived": the batch size from the preset (else 8), the accumulation from the
+    global batch, the warm-up, decays and validation cadence from `iters` at the recipe's
+    fractions. A new run stores the derived values (except the accumulation, which depends on
+    the number of processes), so a resumed or extended run keeps its schedule.
+    """
 
     model: str = "vit_b"
     image_size: Count | None = None  # None: the model's own (1024 for ViT models)
-    iters: Count = 30_000
-    batch_size: Count = 8
+    iters: Count = RECIPE_ITERS
+    batch_size: Count | None = None  # images per step and process; None: the preset's, else 8
+    global_batch: Count | None = RECIPE_GLOBAL_BATCH  # images per iteration; None: no target, no accumulation
+    accumulation: Count | None = None  # steps per iteration; None: global_batch / (batch_size x processes)
     lr: Rate = 1e-4
     weight_decay: Annotated[float, Field(ge=0, allow_inf_nan=False)] = 1e-4
-    warmup_iters: NonNegative = 500
+    warmup_iters: NonNegative | None = None  # None: 500/30,000 of iters
     warmup_factor: Annotated[float, Field(gt=0, le=1, allow_inf_nan=False)] = 0.001
-    milestones: tuple[Count, ...] = (20_000, 28_888)
+    milestones: tuple[Count, ...] | None = None  # None: 20,000/30,000 and 28,888/30,000 of iters
     gamma: Rate = 0.1
     grad_clip: Rate = 0.1
     refine: bool = True  # one refinement pass with the previous mask logits as mask prompt
@@ -63,11 +95,17 @@ class TrainConfig:
     # "authors": the UltraSam code's decoder, norm3(2q + MLP(q)) with dropout 0.1 in its MLPs,
     # which their training and their SAM row ran; "sam": segment_anything's (sam.DECODERS).
     decoder: Literal["authors", "sam"] = "authors"
-    bf16: bool = True  # autocast on GPU only
+    precision: Literal["fp32", "bf16"] = "fp32"  # the authors train in fp32; bf16 autocast is faster
+    activation_checkpointing: bool | None = None  # image encoder blocks; None: the preset's, else off
+    freeze_encoder: bool = False  # train the prompt encoder and mask decoder only
+    preset: Literal["24gb", "40gb", "80gb"] | None = None  # batch size and checkpointing for a GPU's memory
     seed: NonNegative = 0
     workers: NonNegative = 2
     checkpoint_every: Count = 2_000
     log_every: Count = 10
+    val_every: NonNegative | None = None  # 0: no validation; None: 5,000/30,000 of iters
+    val_max_images: Count | None = None  # per dataset; None: the whole val split
+    tensorboard: bool = False  # event files in RUN/tensorboard beside metrics.jsonl
     exclude: Names = ()
     datasets: Names = ()
     init: str | None = None  # a checkpoint, or "none" for random weights; None (not given) is refused
@@ -101,8 +139,9 @@ def _describe(error: Any) -> str:
 
 
 # Settings a resumed run may change: the total length, and those that touch neither the
-# weights nor the data stream.
-RESUMABLE = ("iters", "workers", "checkpoint_every", "log_every")
+# weights nor the data stream (the accumulation changes only the order of float sums: the
+# samples of an iteration and their mean loss stay the same).
+RESUMABLE = ("iters", "workers", "checkpoint_every", "log_every", "accumulation", "tensorboard")
 
 
 def read_settings_file(path: Path) -> dict[str, Any]:
@@ -128,8 +167,7 @@ def continued_config(saved: Mapping[str, Any], given: Mapping[str, Any], run: Pa
     Any other given setting that differs from the run's is refused: continuing a run with
     another learning rate or batch size would silently be neither the old run nor a new one.
     """
-    # runs saved before the decoder setting existed ran segment_anything's decoder
-    own = TrainConfig.from_dict({"decoder": "sam", **saved}, run / "checkpoint.pt")
+    own = TrainConfig.from_dict(_upgrade_saved(saved), run / "checkpoint.pt")
     asked = TrainConfig.from_dict({**asdict(own), **given})
     differ = [
         f"{name} {getattr(asked, name)!r} (the run's: {getattr(own, name)!r})"
@@ -144,13 +182,137 @@ def continued_config(saved: Mapping[str, Any], given: Mapping[str, Any], run: Pa
     return asked
 
 
+def _upgrade_saved(saved: Mapping[str, Any]) -> dict[str, Any]:
+    """Settings of a run started before accumulation, validation and --precision existed,
+    read so that it continues as it ran: bf16 autocast on GPU only, the batch of its
+    processes without accumulation, no validation."""
+    data = dict(saved)
+    data.setdefault("decoder", "sam")  # runs saved before the decoder setting ran segment_anything's
+    if "bf16" in data:
+        legacy = data.pop("bf16")
+        data.setdefault("precision", "bf16" if legacy and torch.cuda.is_available() else "fp32")
+    data.setdefault("global_batch", None)
+    data.setdefault("val_every", 0)
+    return data
+
+
+def scaled(iters: int, recipe_value: int) -> int:
+    """`recipe_value` of the recipe's 30,000 iterations at the same fraction of `iters`."""
+    return int(iters * recipe_value / RECIPE_ITERS + 0.5)
+
+
+def schedule(config: TrainConfig) -> tuple[int, tuple[int, ...]]:
+    """Warm-up length and decay points: as set, else the recipe's scaled to `iters`."""
+    warmup = config.warmup_iters if config.warmup_iters is not None else scaled(config.iters, RECIPE_WARMUP)
+    milestones = config.milestones if config.milestones is not None else tuple(scaled(config.iters, m) for m in RECIPE_MILESTONES)
+    return warmup, milestones
+
+
+def val_every(config: TrainConfig) -> int:
+    if config.val_every is not None:
+        return config.val_every
+    return max(1, scaled(config.iters, RECIPE_VAL_EVERY))
+
+
 def lr_factor(step: int, config: TrainConfig) -> float:
     """Linear warm-up from warmup_factor to 1 over the first iterations, then x gamma at each milestone."""
+    warmup, milestones = schedule(config)
     warm = 1.0
-    if step < config.warmup_iters:
-        warm = config.warmup_factor + (1 - config.warmup_factor) * step / config.warmup_iters
-    decay = config.gamma ** sum(step >= m for m in config.milestones)
+    if step < warmup:
+        warm = config.warmup_factor + (1 - config.warmup_factor) * step / warmup
+    decay = config.gamma ** sum(step >= m for m in milestones)
     return warm * decay
+
+
+def resolve_new_run(config: TrainConfig) -> tuple[TrainConfig, frozenset[str]]:
+    """The settings a new run stores, every derived value made explicit (except the
+    accumulation), and the names of those derived from the recipe rather than given."""
+    derived = {
+        name
+        for name in ("batch_size", "activation_checkpointing", "warmup_iters", "milestones", "val_every")
+        if getattr(config, name) is None
+    }
+    preset = PRESETS[config.preset] if config.preset else None
+    warmup, milestones = schedule(config)
+    resolved = replace(
+        config,
+        batch_size=config.batch_size or (preset.batch_size if preset else RECIPE_BATCH_SIZE),
+        activation_checkpointing=(
+            config.activation_checkpointing
+            if config.activation_checkpointing is not None
+            else bool(preset and preset.activation_checkpointing)
+        ),
+        warmup_iters=warmup,
+        milestones=milestones,
+        val_every=val_every(config),
+    )
+    return resolved, frozenset(derived)
+
+
+@dataclass(frozen=True)
+class BatchPlan:
+    """Images per step and process x steps per iteration x processes = images per iteration."""
+
+    batch_size: int
+    accumulation: int
+    world: int
+
+    @property
+    def per_iteration(self) -> int:
+        return self.batch_size * self.accumulation * self.world
+
+    def describe(self, target: int | None) -> str:
+        processes = f"{self.world} process{'es' if self.world > 1 else ''}"
+        text = (
+            f"batch: {self.batch_size} images per step x {self.accumulation} accumulation step"
+            f"{'s' if self.accumulation > 1 else ''} x {processes} = {self.per_iteration} images per iteration"
+        )
+        if target is None:
+            return text + " (no global batch set)"
+        return text + (" (the recipe's global batch)" if target == RECIPE_GLOBAL_BATCH else f" (global batch {target})")
+
+
+def batch_plan(config: TrainConfig, world: int) -> BatchPlan:
+    """How the global batch is reached on `world` processes, or a clear error when the given
+    settings cannot reach it: a run never trains on another batch than it says."""
+    batch = config.batch_size or RECIPE_BATCH_SIZE
+    target = config.global_batch
+    processes = f"{world} process{'es' if world > 1 else ''}"
+    if target is None:
+        return BatchPlan(batch, config.accumulation or 1, world)
+    if config.accumulation is not None:
+        plan = BatchPlan(batch, config.accumulation, world)
+        if plan.per_iteration != target:
+            raise Us43dError(
+                f"--batch-size {batch} x --accumulation {config.accumulation} x {processes} = {plan.per_iteration} "
+                f"images per iteration, not the global batch of {target}: leave --accumulation out (it is derived), "
+                f"or set --global-batch {plan.per_iteration} to train with that batch on purpose"
+            )
+        return plan
+    per_step = batch * world
+    if target % world:
+        raise Us43dError(
+            f"the global batch of {target} images cannot be shared evenly by {processes}: "
+            f"set --global-batch to a multiple of {per_step} (--batch-size {batch} x {processes})"
+        )
+    if target % per_step:
+        raise Us43dError(
+            f"the global batch of {target} images is not a whole number of steps of --batch-size {batch} x {processes} "
+            f"= {per_step} images: choose a --batch-size that divides {target // world}, "
+            f"or set --global-batch to a multiple of {per_step}"
+        )
+    return BatchPlan(batch, target // per_step, world)
+
+
+def describe_schedule(config: TrainConfig, derived: frozenset[str]) -> str:
+    warmup, milestones = schedule(config)
+    decays = " and ".join(f"{m:,}" for m in milestones) if milestones else "none"
+    ramp = f"warm-up {warmup:,} (lr x{config.warmup_factor:g} -> x1)" if warmup else "no warm-up"
+    text = f"schedule: {config.iters:,} iterations, peak lr {config.lr:g}, {ramp}, lr x{config.gamma:g} at {decays}"
+    scaled_names = [label for name, label in (("warmup_iters", "warm-up"), ("milestones", "decays")) if name in derived]
+    if scaled_names and config.iters != RECIPE_ITERS:
+        text += f" ({' and '.join(scaled_names)} scaled from the recipe's 500 / 20,000 / 28,888 of 30,000)"
+    return text
 
 
 @dataclass
@@ -180,7 +342,8 @@ def setup_distributed() -> Distributed:
 
 def step_losses(sam: torch.nn.Module, batch: dict[str, Any], config: TrainConfig, device: torch.device) -> LossParts:
     """Both passes for every image of the batch; losses over all instances of the batch."""
-    embeddings = sam.image_encoder(batch["image"].to(device))
+    with torch.set_grad_enabled(torch.is_grad_enabled() and encoder_is_trained(sam)):  # a frozen encoder keeps no graph
+        embeddings = sam.image_encoder(batch["image"].to(device))
     passes: list[list[tuple[torch.Tensor, torch.Tensor]]] = [[], []]
     targets = []
     for i in range(len(embeddings)):
@@ -197,7 +360,7 @@ def step_losses(sam: torch.nn.Module, batch: dict[str, Any], config: TrainConfig
         else:
             passes[0].append(engine.decode(sam, embedding, points, boxes, is_box, multimask=True))
     if not targets:
-        zero = embeddings.sum() * 0
+        zero = sum(p.sum() for p in sam.parameters() if p.requires_grad) * 0  # a loss that backward accepts
         return LossParts(zero, zero, zero)
     target = torch.cat(targets)
     total: LossParts | None = None
@@ -212,7 +375,35 @@ def step_losses(sam: torch.nn.Module, batch: dict[str, Any], config: TrainConfig
     return total
 
 
-def _save(run: Path, sam: torch.nn.Module, optimizer: torch.optim.Optimizer, step: int, config: TrainConfig) -> None:
+def accumulate_gradients(
+    model: torch.nn.Module, batches: Iterable[dict[str, Any]], count: int, device_type: str, dtype: torch.dtype | None
+) -> LossParts:
+    """Backward of the mean loss over `count` micro-batches, as DDP averages it over GPUs, so
+    one GPU accumulating 4 batches of 8 computes the gradient of the recipe's 4 x 8. Returns
+    the mean loss parts (detached). Under DDP only the last micro-batch syncs gradients."""
+    sums: list[torch.Tensor] | None = None
+    for index, batch in enumerate(batches):
+        last = index == count - 1
+        sync = model.no_sync() if not last and hasattr(model, "no_sync") else nullcontext()
+        with sync:
+            with torch.autocast(device_type, dtype=dtype or torch.bfloat16, enabled=dtype is not None):
+                parts = LossParts(*model(batch))
+            (parts.total if count == 1 else parts.total / count).backward()
+        values = [parts.focal.detach(), parts.dice.detach(), parts.iou.detach()]
+        sums = values if sums is None else [a + b for a, b in zip(sums, values)]
+    assert sums is not None, "no micro-batch"
+    return LossParts(*(v if count == 1 else v / count for v in sums))
+
+
+def _save(
+    run: Path,
+    sam: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    step: int,
+    config: TrainConfig,
+    plan: BatchPlan,
+    validation: ValState,
+) -> None:
     weights = {k: v.detach().cpu() for k, v in sam.state_dict().items()}
     atomic_save(
         {
@@ -223,7 +414,14 @@ def _save(run: Path, sam: torch.nn.Module, optimizer: torch.optim.Optimizer, ste
             # The schedule and the data stream are functions of the step; they are stored so a
             # reader sees the whole state, and checked on resume.
             "scheduler": {"step": step, "lr": optimizer.param_groups[0]["lr"], "factor": lr_factor(step, config)},
-            "sampler": {"seed": config.seed, "next_step": step, "batch_size": config.batch_size},
+            "sampler": {
+                "seed": config.seed,
+                "next_step": step,
+                "batch_size": plan.batch_size,
+                "accumulation": plan.accumulation,
+                "world_size": plan.world,
+            },
+            "validation": validation.as_dict(),
             "rng": {"torch": torch.get_rng_state()},
         },
         run / "checkpoint.pt",
@@ -243,7 +441,7 @@ def read_run_state(run: Path) -> dict[str, Any]:
     return state
 
 
-RUN_FILES = ("checkpoint.pt", "model.pth", "metrics.jsonl", "run.json", "losses.png")
+RUN_FILES = ("checkpoint.pt", "model.pth", "best.pth", "metrics.jsonl", "run.json", "losses.png", "tensorboard")
 
 
 def check_new_run_folder(run: Path) -> None:
@@ -262,14 +460,17 @@ def train(corpus: Path, run: Path, config: TrainConfig, console: Any = None) -> 
     """Start a new run in `run` (a new or empty folder) and return a summary."""
     require_init(config)
     check_new_run_folder(run)  # before any rank writes: every rank checks before the rendezvous
-    return _launch(corpus, run, config, None, console)
+    if config.tensorboard:
+        require_tensorboard()
+    resolved, derived = resolve_new_run(config)
+    return _launch(corpus, run, resolved, None, console, derived)
 
 
 def resume(corpus: Path, run: Path, changes: Mapping[str, Any] | None = None, console: Any = None) -> dict[str, Any]:
     """Continue the run in `run` exactly where its last checkpoint stopped.
 
     It keeps the run's own settings; `changes` may set those in `RESUMABLE` (a larger `iters`
-    extends the run) and repeat the others unchanged."""
+    extends the run, at the run's final learning rate) and repeat the others unchanged."""
     changes = dict(changes or {})
     state = read_run_state(run)
     config = continued_config(state["config"], changes, run)
@@ -280,32 +481,109 @@ def resume(corpus: Path, run: Path, changes: Mapping[str, Any] | None = None, co
                 f"{run} is at iteration {step}: --iters {config.iters} does not go beyond it (give more than {step})"
             )
         raise Us43dError(f"{run} already finished its {config.iters} iterations: give --iters above {step} to train further")
-    return _launch(corpus, run, config, state, console)
+    if config.tensorboard:
+        require_tensorboard()
+    return _launch(corpus, run, config, state, console, frozenset())
 
 
-def _launch(corpus: Path, run: Path, config: TrainConfig, state: dict[str, Any] | None, console: Any) -> dict[str, Any]:
+def require_tensorboard() -> None:
+    """TensorBoard is optional: say so before anything is written, not at the first log line."""
+    try:
+        from torch.utils.tensorboard import SummaryWriter  # noqa: F401
+    except ImportError:
+        raise Us43dError(
+            "--tensorboard needs the tensorboard package, which is not installed: "
+            '`pip install tensorboard` (or `pip install -e ".[tensorboard]"`), or leave --tensorboard out; '
+            "RUN/metrics.jsonl holds the same figures"
+        ) from None
+
+
+def _launch(
+    corpus: Path, run: Path, config: TrainConfig, state: dict[str, Any] | None, console: Any, derived: frozenset[str]
+) -> dict[str, Any]:
     ctx = setup_distributed()
     try:
-        return _train(corpus, run, config, state, ctx, console)
+        return _train(corpus, run, config, state, ctx, console, derived)
     finally:
         if ctx.world > 1:
             dist.destroy_process_group()
 
 
+def _write_json(path: Path, data: Mapping[str, Any]) -> None:
+    from us43d.corpus.writers import atomic_write_bytes
+
+    atomic_write_bytes(path, (json.dumps(data, indent=2) + "\n").encode())
+
+
+class _Log:
+    """metrics.jsonl, and TensorBoard beside it when asked for (main process only)."""
+
+    def __init__(self, run: Path, start: int, tensorboard: bool) -> None:
+        self.path = run / "metrics.jsonl"
+        _keep_metrics_until(self.path, start)
+        self.writer = None
+        if tensorboard:
+            from torch.utils.tensorboard import SummaryWriter
+
+            # purge_step drops events a crashed run logged past its checkpoint, as for metrics.jsonl
+            self.writer = SummaryWriter(log_dir=str(run / "tensorboard"), purge_step=start)
+
+    def write(self, record: dict[str, Any]) -> None:
+        with self.path.open("a") as handle:
+            handle.write(json.dumps(record) + "\n")
+        if self.writer is None:
+            return
+        step = record["step"]
+        for name, value in record.items():
+            if name != "step" and isinstance(value, (int, float)) and not isinstance(value, bool):
+                self.writer.add_scalar(("val/" if name.startswith("val_") else "train/") + name, value, step)
+        for dataset, prompts in record.get("val", {}).items():
+            for prompt, scores in prompts.items():
+                for metric, value in scores.items():
+                    self.writer.add_scalar(f"val/{dataset}/{prompt}/{metric}", value, step)
+        self.writer.flush()
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+
+
 def _train(
-    corpus: Path, run: Path, config: TrainConfig, state: dict[str, Any] | None, ctx: Distributed, console: Any
+    corpus: Path,
+    run: Path,
+    config: TrainConfig,
+    state: dict[str, Any] | None,
+    ctx: Distributed,
+    console: Any,
+    derived: frozenset[str],
 ) -> dict[str, Any]:
     torch.manual_seed(config.seed)
     shape = model_config(config.model, config.image_size)
     selection = load_selection(corpus, "train", config.exclude, config.datasets or None)
     if not selection.entries:
         raise Us43dError("no training images left after --exclude / --datasets")
+    plan = batch_plan(config, ctx.world)
+    dtype = autocast_dtype(config.precision, ctx.device)
+    truths = read_val_files(corpus, list(selection.counts), config.val_max_images, config.seed) if config.val_every else {}
+    notes = []
+    if config.val_every and not truths:
+        if state is None and "val_every" not in derived:
+            raise Us43dError(
+                f"--val-every {config.val_every}: the datasets trained on have no val images in {corpus}; "
+                "leave --val-every out or give 0"
+            )
+        notes.append("validation: off (the datasets trained on have no val images)")
+        config = replace(config, val_every=0)
     init = None if state is not None or starts_from_random(config.init) else _read_init(shape, config)
     sam = build_model(shape, efficient_attention=config.efficient_attention, decoder=config.decoder)
     if state is not None:
         load_into(sam, state["model"], "the run's checkpoint")
     elif init is not None:
         _load_init(sam, init, config, console if ctx.main else None)
+    if config.freeze_encoder:
+        freeze_image_encoder(sam)
+    if config.activation_checkpointing:
+        use_activation_checkpointing(sam)
     sam.to(ctx.device).train()
     model: torch.nn.Module = TrainStep(sam, config, ctx.device)
     if ctx.world > 1:
@@ -314,13 +592,18 @@ def _train(
         model = torch.nn.parallel.DistributedDataParallel(
             model, device_ids=[ctx.local_rank] if ctx.device.type == "cuda" else None, find_unused_parameters=True
         )
-    optimizer = torch.optim.AdamW(sam.parameters(), lr=config.lr, weight_decay=config.weight_decay, betas=(0.9, 0.999), eps=1e-8)
+    trained = [p for p in sam.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(trained, lr=config.lr, weight_decay=config.weight_decay, betas=(0.9, 0.999), eps=1e-8)
     start = 0
+    validation = ValState()
     if state is not None:
         optimizer.load_state_dict(state["optimizer"])
         start = int(state["step"])
+        validation = ValState.from_dict(state.get("validation"))
     dataset = TrainDataset(corpus, selection.entries, shape.image_size, shape.low_res_size, flip=config.flip)
-    sampler = InfiniteBatchSampler(len(dataset), config.batch_size, config.seed, ctx.rank, ctx.world, start_step=start)
+    sampler = InfiniteBatchSampler(
+        len(dataset), plan.batch_size, config.seed, ctx.rank, ctx.world, start_step=start, accumulation=plan.accumulation
+    )
     loader = torch.utils.data.DataLoader(
         dataset,
         batch_sampler=sampler,
@@ -329,18 +612,37 @@ def _train(
         persistent_workers=config.workers > 0,
         prefetch_factor=2 if config.workers > 0 else None,
     )
+    validator = Validator(corpus, truths, shape.image_size, ctx.rank, ctx.world) if config.val_every else None
     run.mkdir(parents=True, exist_ok=True)
-    if ctx.main:
-        summary = {
-            "config": asdict(config),
+    warmup, milestones = schedule(config)
+    summary: dict[str, Any] = {
+        "config": asdict(config),
+        "world_size": ctx.world,
+        "device": str(ctx.device),
+        "batch": {
+            "per_step": plan.batch_size,
+            "accumulation": plan.accumulation,
             "world_size": ctx.world,
-            "device": str(ctx.device),
-            "datasets_used": selection.counts,
-            "datasets_excluded": selection.excluded,
-            "images": len(selection.entries),
-            "resumed_at": start,
-        }
-        (run / "run.json").write_text(json.dumps(summary, indent=2) + "\n")
+            "per_iteration": plan.per_iteration,
+        },
+        "schedule": {
+            "warmup_iters": warmup,
+            "milestones": list(milestones),
+            "derived_from_iters": sorted({"warmup_iters", "milestones", "val_every"} & derived),
+        },
+        "validation": (
+            {"every": config.val_every, "images": validator.image_counts, "prompts": ["point", "box"], "class_agnostic": True}
+            if validator
+            else None
+        ),
+        "best": _best_entry(validation),
+        "datasets_used": selection.counts,
+        "datasets_excluded": selection.excluded,
+        "images": len(selection.entries),
+        "resumed_at": start,
+    }
+    if ctx.main:
+        _write_json(run / "run.json", summary)
         if console:
             console.print(
                 f"training on {len(selection.entries)} images of {len(selection.counts)} datasets "
@@ -351,10 +653,19 @@ def _train(
                     f"left out by --exclude {','.join(config.exclude)}: "
                     f"{', '.join(f'{k} {v}' for k, v in selection.excluded.items())}"
                 )
-    autocast = ctx.device.type == "cuda" and config.bf16
-    metrics_path = run / "metrics.jsonl"
-    if ctx.main:
-        _keep_metrics_until(metrics_path, start)
+            console.print(plan.describe(config.global_batch))
+            console.print(describe_schedule(config, derived) + (" (the run's own)" if state is not None else ""))
+            console.print(f"memory: {describe_memory(config)}")
+            if validator:
+                console.print(
+                    f"validation: every {'iteration' if config.val_every == 1 else f'{config.val_every:,} iterations'}"
+                    " and at the end, on "
+                    f"{sum(validator.image_counts.values())} val images of {len(validator.datasets)} datasets "
+                    "(class-agnostic, point and box prompts); the best mean mAP is kept in best.pth"
+                )
+            for note in notes:
+                console.print(note)
+    log = _Log(run, start, config.tensorboard) if ctx.main else None
     progress = _progress(console if ctx.main else None, config.iters, start)
     started, seen = time.perf_counter(), 0
     batches = iter(loader)
@@ -362,44 +673,69 @@ def _train(
         # after the loader drew its seed, as a run that never stopped had done by then: the
         # authors' decoder draws its dropout from this generator at every step
         torch.set_rng_state(state["rng"]["torch"])
-    for step in range(start, config.iters):
-        batch = next(batches)
-        for group in optimizer.param_groups:
-            group["lr"] = config.lr * lr_factor(step, config)
-        with torch.autocast(ctx.device.type, dtype=torch.bfloat16, enabled=autocast):
-            parts = LossParts(*model(batch))
-        optimizer.zero_grad(set_to_none=True)
-        parts.total.backward()
-        grad_norm = torch.nn.utils.clip_grad_norm_(sam.parameters(), config.grad_clip)
-        optimizer.step()
-        seen += len(batch["image"]) * ctx.world
-        done = step + 1
-        if ctx.main and (done % config.log_every == 0 or done == config.iters):
-            record = {
-                "step": done,
-                "loss": parts.total.item(),
-                "focal": parts.focal.item(),
-                "dice": parts.dice.item(),
-                "iou": parts.iou.item(),
-                "lr": optimizer.param_groups[0]["lr"],
-                "grad_norm": float(grad_norm),
-                "images_per_s": seen / (time.perf_counter() - started),
-            }
-            with metrics_path.open("a") as handle:
-                handle.write(json.dumps(record) + "\n")
+    try:
+        for step in range(start, config.iters):
+            for group in optimizer.param_groups:
+                group["lr"] = config.lr * lr_factor(step, config)
+            optimizer.zero_grad(set_to_none=True)
+            micro = (next(batches) for _ in range(plan.accumulation))
+            parts = accumulate_gradients(model, micro, plan.accumulation, ctx.device.type, dtype)
+            grad_norm = torch.nn.utils.clip_grad_norm_(trained, config.grad_clip)
+            optimizer.step()
+            seen += plan.per_iteration
+            done = step + 1
+            if log is not None and (done % config.log_every == 0 or done == config.iters):
+                log.write(
+                    {
+                        "step": done,
+                        "loss": parts.total.item(),
+                        "focal": parts.focal.item(),
+                        "dice": parts.dice.item(),
+                        "iou": parts.iou.item(),
+                        "lr": optimizer.param_groups[0]["lr"],
+                        "grad_norm": float(grad_norm),
+                        "images_per_s": seen / (time.perf_counter() - started),
+                    }
+                )
+            if progress is not None:
+                progress[0].update(progress[1], advance=1, description=f"loss {parts.total.item():.3f}")
+            if validator and (done % config.val_every == 0 or done == config.iters):
+                table = validator.score(sam, ctx.device)
+                score = summary_map(table)
+                improved = validation.improves(score)
+                if improved:
+                    validation = ValState(done, score)
+                if ctx.main:
+                    if improved:
+                        atomic_save({k: v.detach().cpu() for k, v in sam.state_dict().items()}, run / "best.pth")
+                        summary["best"] = _best_entry(validation)
+                        _write_json(run / "run.json", summary)
+                    assert log is not None
+                    log.write({"step": done, "val_mAP": score, "val": table, "val_best_step": validation.best_step})
+                    if console:
+                        best = f"best {validation.best_map:.2f} at step {validation.best_step}"
+                        console.print(f"step {done}: val mAP {score:.2f} ({'best so far: best.pth' if improved else best})")
+            if ctx.main and (done % config.checkpoint_every == 0 or done == config.iters):
+                _save(run, sam, optimizer, done, config, plan, validation)
+    finally:
         if progress is not None:
-            progress[0].update(progress[1], advance=1, description=f"loss {parts.total.item():.3f}")
-        if ctx.main and (done % config.checkpoint_every == 0 or done == config.iters):
-            _save(run, sam, optimizer, done, config)
-    if progress is not None:
-        progress[0].stop()
+            progress[0].stop()
+        if log is not None:
+            log.close()
     if ctx.world > 1:
         dist.barrier()
     if ctx.main:
         from us43d.training.plot import plot_losses
 
-        plot_losses(metrics_path, run / "losses.png")
-    return {"run": str(run), "steps": config.iters, "images": len(selection.entries), "datasets": selection.counts}
+        plot_losses(run / "metrics.jsonl", run / "losses.png")
+    return {
+        "run": str(run),
+        "steps": config.iters,
+        "images": len(selection.entries),
+        "datasets": selection.counts,
+        "batch": summary["batch"],
+        "best": _best_entry(validation),
+    }
 
 
 NO_INIT = "none"
@@ -440,6 +776,12 @@ def _load_init(sam: torch.nn.Module, weights: Weights, config: TrainConfig, cons
             console.print(f"note: {config.init} holds weights for {DECODER_NAMES[weights.form]}: converted for the run's")
         if kept:
             console.print(f"note: {config.init} has no mask_downscaling weights; kept the fresh ones")
+
+
+def _best_entry(validation: ValState) -> dict[str, Any] | None:
+    if validation.best_step is None:
+        return None
+    return {"file": "best.pth", "step": validation.best_step, "val_mAP": validation.best_map}
 
 
 def _keep_metrics_until(path: Path, step: int) -> None:

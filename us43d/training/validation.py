@@ -1,0 +1,140 @@
+"""Validation during training: per-dataset, class-agnostic mAP on the corpus's val split.
+
+The authors validate every 5,000 of 30,000 iterations and keep the checkpoint with the best
+validation segm mAP (recipe sheet, section 5). Scoring goes through `evaluate.score_truths`, the
+same code as `us43d eval`, under the default (authors') protocol, on the val ground truth read
+once at the start (class-agnostic, optionally a fixed seeded subset of images).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from us43d.errors import CorpusError
+
+PROMPTS = ("point", "box")
+AGNOSTIC = [{"id": 1, "name": "object", "supercategory": "object"}]
+
+
+@dataclass
+class ValState:
+    """What must survive `--resume`: the best score so far and where it was reached."""
+
+    best_step: int | None = None
+    best_map: float | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"best_step": self.best_step, "best_mAP": self.best_map}
+
+    @classmethod
+    def from_dict(cls, data: Any) -> ValState:
+        if not isinstance(data, dict):
+            return cls()
+        step, score = data.get("best_step"), data.get("best_mAP")
+        if isinstance(step, int) and isinstance(score, (int, float)):
+            return cls(step, float(score))
+        return cls()
+
+    def improves(self, score: float) -> bool:
+        return self.best_map is None or score > self.best_map
+
+
+def _order_key(seed: int, file_name: str) -> bytes:
+    return hashlib.sha256(f"{seed}:{file_name}".encode()).digest()
+
+
+def agnostic_subset(ground_truth: dict[str, Any], max_images: int | None, seed: int) -> dict[str, Any]:
+    """The images that have instances (others cannot change mAP), at most `max_images` of them
+    in a seeded order that does not depend on file order, every category mapped to one."""
+    annotated = {a["image_id"] for a in ground_truth["annotations"]}
+    images = [i for i in ground_truth["images"] if i["id"] in annotated]
+    if max_images is not None and len(images) > max_images:
+        images = sorted(images, key=lambda i: _order_key(seed, str(i["file_name"])))[:max_images]
+        images.sort(key=lambda i: str(i["file_name"]))
+    kept = {i["id"] for i in images}
+    annotations = [{**a, "category_id": 1} for a in ground_truth["annotations"] if a["image_id"] in kept]
+    return {"images": images, "annotations": annotations, "categories": AGNOSTIC}
+
+
+def read_val_files(corpus: Path, datasets: Sequence[str], max_images: int | None, seed: int) -> dict[str, dict[str, Any]]:
+    """{dataset: class-agnostic val ground truth} for the datasets that have val images."""
+    from us43d.training.evaluate import read_ground_truth
+
+    truths: dict[str, dict[str, Any]] = {}
+    for dataset in datasets:
+        path = corpus / "coco" / dataset / "val.json"
+        if not path.is_file():
+            continue
+        try:
+            subset = agnostic_subset(read_ground_truth(path), max_images, seed)
+        except (KeyError, TypeError) as exc:
+            raise CorpusError(f"cannot read the val split {path}: {exc}") from None
+        if subset["images"]:
+            truths[dataset] = subset
+    return truths
+
+
+@dataclass
+class Validator:
+    """Scores a model on the val view; one per training process."""
+
+    corpus: Path
+    truths: dict[str, dict[str, Any]]
+    image_size: int
+    rank: int = 0
+    world: int = 1
+
+    @property
+    def datasets(self) -> list[str]:
+        return sorted(self.truths)
+
+    @property
+    def image_counts(self) -> dict[str, int]:
+        return {d: len(self.truths[d]["images"]) for d in self.datasets}
+
+    def _my_datasets(self) -> list[str]:
+        """Datasets shared out over the processes, largest first onto the least loaded."""
+        loads = [0] * self.world
+        mine = []
+        for dataset in sorted(self.datasets, key=lambda d: (-self.image_counts[d], d)):
+            rank = loads.index(min(loads))
+            loads[rank] += self.image_counts[dataset]
+            if rank == self.rank:
+                mine.append(dataset)
+        return mine
+
+    def score(self, sam: torch.nn.Module, device: torch.device) -> dict[str, dict[str, dict[str, float]]]:
+        """{dataset: {prompt: {"mAP", "mAP50"}}} over all datasets; every process must call it."""
+        from us43d.training.evaluate import Predictor, score_truths
+
+        mine = self._my_datasets()
+        table: dict[str, dict[str, dict[str, float]]] = {}
+        was_training = sam.training
+        sam.eval()
+        try:
+            if mine:
+                predictor = Predictor(sam=sam, image_size=self.image_size, device=device)
+                truths = {d: self.truths[d] for d in mine}
+                table = score_truths(predictor, self.corpus / "images", truths, PROMPTS)
+        finally:
+            sam.train(was_training)
+        if self.world > 1:
+            import torch.distributed as dist
+
+            gathered: list[Any] = [None] * self.world
+            dist.all_gather_object(gathered, table)
+            table = {k: v for part in gathered for k, v in part.items()}
+        return {dataset: table[dataset] for dataset in self.datasets}
+
+
+def summary_map(table: dict[str, dict[str, dict[str, float]]]) -> float:
+    """The score the best checkpoint is chosen by: the mean over datasets and prompts of mAP,
+    so each dataset counts once whatever its size."""
+    values = [scores["mAP"] for prompts in table.values() for scores in prompts.values()]
+    return round(sum(values) / len(values), 4) if values else 0.0
