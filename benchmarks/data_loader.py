@@ -1,5 +1,6 @@
 """Training data loader throughput: decode, flip, resize to 1024, normalise, pad, masks and
-low-res targets, prompt sampling — images per second on one core (one process).
+low-res targets, prompt sampling — images per second on one core (one process), reading the
+built corpus's PNG folder and the same corpus exported as webdataset shards.
 
     python benchmarks/data_loader.py [--images 60] [--image-size 1024]
 
@@ -21,6 +22,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from build_throughput import make_raw  # noqa: E402
 
 from us43d.corpus.build import BuildOptions, build_corpus  # noqa: E402
+from us43d.corpus.export import corpus_datasets, export_webdataset  # noqa: E402
 from us43d.registry import Registry  # noqa: E402
 from us43d.training.data import TrainDataset, load_selection  # noqa: E402
 
@@ -37,15 +39,17 @@ def main() -> None:
     try:
         make_raw(work / "raw", args.images, (args.height, args.width))
         build_corpus(Registry.load(), work / "raw", work / "out", ["BUS-B"], BuildOptions(workers=1, progress=False))
-        selection = load_selection(work / "out", "train")
-        dataset = TrainDataset(work / "out", selection.entries, args.image_size, args.image_size // 4)
-        dataset[(0, 0)]  # warm up
-        started = time.perf_counter()
-        for i in range(len(dataset)):
-            dataset[(i, i)]
-        seconds = time.perf_counter() - started
-        print(f"{len(dataset)} images {args.width}x{args.height} -> {args.image_size}, one process, one thread")
-        print(f"  {len(dataset) / seconds:.1f} images/s per core (goal >= 40)")
+        export_webdataset(work / "out", work / "shards", corpus_datasets(work / "out"), Registry.load())
+        for name, corpus in (("corpus folder", work / "out"), ("webdataset shards", work / "shards")):
+            selection = load_selection(corpus, "train")
+            dataset = TrainDataset(selection.images, selection.entries, args.image_size, args.image_size // 4)
+            dataset[(0, 0)]  # warm up
+            started = time.perf_counter()
+            for i in range(len(dataset)):
+                dataset[(i, i)]
+            seconds = time.perf_counter() - started
+            print(f"{name}: {len(dataset)} images {args.width}x{args.height} -> {args.image_size}, one process, one thread")
+            print(f"  {len(dataset) / seconds:.1f} images/s per core (goal >= 40)")
     finally:
         shutil.rmtree(work, ignore_errors=True)
 

@@ -66,7 +66,7 @@ def test_sampler_is_a_pure_function_of_the_step_and_shards_ranks() -> None:
 
 def test_dataset_sample_shapes_and_prompts(demo_corpus: Path) -> None:
     selection = load_selection(demo_corpus, "train")
-    dataset = TrainDataset(demo_corpus, selection.entries, 128, 32)
+    dataset = TrainDataset(selection.images, selection.entries, 128, 32)
     for seed in range(6):
         sample = dataset[(0, seed)]
         n = len(sample["points"])

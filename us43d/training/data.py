@@ -20,6 +20,7 @@ from PIL import Image
 from pycocotools import mask as mask_utils
 
 from us43d.errors import CorpusError, Us43dError
+from us43d.training.sources import INDEX, FolderImages, ImageSource, ShardImages, is_webdataset, shard_places
 
 PIXEL_MEAN = np.array([123.675, 116.28, 103.53], dtype=np.float32)
 PIXEL_STD = np.array([58.395, 57.12, 57.375], dtype=np.float32)
@@ -43,19 +44,21 @@ class CorpusSelection:
     entries: list[ImageEntry]
     counts: dict[str, int]  # images per dataset actually used
     excluded: dict[str, int]  # images per dataset left out by --exclude
+    images: ImageSource  # where the entries' pixels are read from
+
+
+IMAGE_COLUMNS = ["image_id", "dataset", "organ", "split", "file_name", "width", "height"]
+INSTANCE_COLUMNS = ["image_id", "rle_counts", "bbox_x", "bbox_y", "bbox_w", "bbox_h"]
+PLACE_COLUMNS = ["shard", "offset", "size"]
 
 
 def load_selection(
     corpus: Path, split: str, exclude: Sequence[str] = (), datasets: Sequence[str] | None = None
 ) -> CorpusSelection:
-    """Images of one split with their instances, read from the corpus Parquet tables."""
-    folder = corpus / "parquet"
-    images_path, annotations_path = folder / "images.parquet", folder / "annotations.parquet"
-    if not images_path.is_file() or not annotations_path.is_file():
-        raise CorpusError(
-            f"{corpus} has no Parquet tables (parquet/images.parquet, parquet/annotations.parquet); run `us43d build`"
-        )
-    images = pd.read_parquet(images_path, columns=["image_id", "dataset", "organ", "split", "file_name", "width", "height"])
+    """Images of one split with their instances, from a built corpus's Parquet tables or from
+    the index of a webdataset export (`us43d export --format webdataset`)."""
+    shards = is_webdataset(corpus)
+    images, annotations = _webdataset_tables(corpus) if shards else _corpus_tables(corpus)
     known_organs = sorted(images["organ"].unique())
     unknown = sorted({o.lower() for o in exclude} - set(_registry_organs()) - set(known_organs))
     if unknown:
@@ -69,7 +72,6 @@ def load_selection(
         chosen = chosen[chosen["dataset"].str.lower().isin(wanted)]
     left_out = chosen[chosen["organ"].isin({o.lower() for o in exclude})]
     chosen = chosen[~chosen["organ"].isin({o.lower() for o in exclude})].sort_values(["dataset", "file_name"])
-    annotations = pd.read_parquet(annotations_path, columns=["image_id", "rle_counts", "bbox_x", "bbox_y", "bbox_w", "bbox_h"])
     annotations = annotations[annotations["image_id"].isin(set(chosen["image_id"]))]
     grouped: dict[int, list[tuple[str, tuple[int, int, int, int]]]] = {}
     for row in annotations.itertuples(index=False):
@@ -91,7 +93,105 @@ def load_selection(
             )
     counts = pd.Series([e.dataset for e in entries]).value_counts().sort_index().to_dict() if entries else {}
     excluded = left_out["dataset"].value_counts().sort_index().to_dict()
-    return CorpusSelection(entries, {str(k): int(v) for k, v in counts.items()}, {str(k): int(v) for k, v in excluded.items()})
+    source: ImageSource
+    if shards:
+        used = chosen[chosen["image_id"].isin({e.image_id for e in entries})]
+        source = _shard_images(corpus, used)
+    else:
+        source = FolderImages(corpus / "images")
+    return CorpusSelection(
+        entries, {str(k): int(v) for k, v in counts.items()}, {str(k): int(v) for k, v in excluded.items()}, source
+    )
+
+
+def webdataset_documents(folder: Path, split: str, datasets: Sequence[str]) -> tuple[dict[str, dict], ImageSource]:
+    """{dataset: COCO document} of one split of a webdataset export, built from its index (an
+    export holds no COCO files), and where their images lie; datasets without images in the
+    split are absent."""
+    images, annotations = _webdataset_tables(folder)
+    wanted = {d.lower() for d in datasets}
+    images = images[(images["split"] == split) & images["dataset"].str.lower().isin(wanted)]
+    annotations = annotations[annotations["image_id"].isin(set(images["image_id"]))]
+    documents: dict[str, dict] = {}
+    sizes = {int(r.image_id): (int(r.height), int(r.width)) for r in images.itertuples(index=False)}
+    for dataset, rows in images.groupby("dataset", sort=True):
+        ids = set(rows["image_id"])
+        instances = annotations[annotations["image_id"].isin(ids)]
+        documents[str(dataset)] = {
+            "images": [
+                {"id": int(r.image_id), "file_name": r.file_name, "width": int(r.width), "height": int(r.height)}
+                for r in rows.itertuples(index=False)
+            ],
+            "annotations": [
+                {
+                    "id": n + 1,
+                    "image_id": int(a.image_id),
+                    "category_id": int(a.category_id),
+                    "bbox": [int(a.bbox_x), int(a.bbox_y), int(a.bbox_w), int(a.bbox_h)],
+                    "area": int(a.area),
+                    "iscrowd": 0,
+                    "segmentation": {"size": [sizes[a.image_id][0], sizes[a.image_id][1]], "counts": a.rle_counts},
+                }
+                for n, a in enumerate(instances.itertuples(index=False))
+            ],
+            "categories": [{"id": int(c), "name": str(c)} for c in sorted(set(instances["category_id"]))],
+        }
+    return documents, _shard_images(folder, images)
+
+
+def _shard_images(folder: Path, images: pd.DataFrame) -> ShardImages:
+    rows = images[["file_name", *PLACE_COLUMNS, "width", "height"]].itertuples(index=False)
+    return ShardImages(folder, shard_places(folder, rows))
+
+
+def _corpus_tables(corpus: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
+    folder = corpus / "parquet"
+    images_path, annotations_path = folder / "images.parquet", folder / "annotations.parquet"
+    if not images_path.is_file() or not annotations_path.is_file():
+        raise CorpusError(
+            f"{corpus} has no Parquet tables (parquet/images.parquet, parquet/annotations.parquet) and is no webdataset "
+            "export (index.parquet); run `us43d build`"
+        )
+    return pd.read_parquet(images_path, columns=IMAGE_COLUMNS), pd.read_parquet(annotations_path, columns=INSTANCE_COLUMNS)
+
+
+def _webdataset_tables(folder: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The export's index as the two tables a built corpus has: one row per image (with where
+    its bytes lie) and one per instance, in the index's order of instances."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    path = folder / INDEX
+    try:
+        table = pq.read_table(path, columns=[*IMAGE_COLUMNS, *PLACE_COLUMNS, "objects"])
+        objects = table.column("objects")
+        flat = pc.list_flatten(objects)
+        parents = pc.list_parent_indices(objects)
+        instances = flat.combine_chunks() if isinstance(flat, pa.ChunkedArray) else flat
+        missing = [name for name in ("rle", "bbox", "category_id", "area") if instances.field(name).null_count]
+        if missing or table.column("image_id").null_count:
+            raise CorpusError(f"{path}: an instance lacks {', '.join(missing) or 'its image id'}")
+        lengths = pc.list_value_length(instances.field("bbox")).to_numpy(zero_copy_only=False)
+        if (lengths != 4).any():
+            raise CorpusError(f"{path}: an instance's bbox does not hold 4 numbers")
+        xywh = np.asarray(pc.list_flatten(instances.field("bbox")).to_numpy(zero_copy_only=False), dtype=np.int64).reshape(-1, 4)
+        images = table.drop_columns(["objects"]).to_pandas()
+        annotations = pd.DataFrame(
+            {
+                "image_id": np.asarray(table.column("image_id").take(parents).to_numpy(), dtype=np.int64),
+                "rle_counts": instances.field("rle").to_pylist(),
+                "bbox_x": xywh[:, 0],
+                "bbox_y": xywh[:, 1],
+                "bbox_w": xywh[:, 2],
+                "bbox_h": xywh[:, 3],
+                "category_id": np.asarray(instances.field("category_id").to_numpy(zero_copy_only=False), dtype=np.int64),
+                "area": np.asarray(instances.field("area").to_numpy(zero_copy_only=False), dtype=np.int64),
+            }
+        )
+    except (OSError, KeyError, TypeError, ValueError, pa.ArrowException) as exc:
+        raise CorpusError(f"cannot read the webdataset index {path}: {exc}") from None
+    return images, annotations
 
 
 def _registry_organs() -> list[str]:
@@ -105,12 +205,16 @@ def read_rgb(path: Path, what: str = "corpus image") -> np.ndarray:
     try:
         with Image.open(path) as image:
             image.load()
-            if image.mode.startswith("I;16"):
-                array = (np.asarray(image).astype(np.float32) / 257.0).round().astype(np.uint8)
-                return np.repeat(array[..., None], 3, axis=2)
-            return np.asarray(image.convert("RGB"))
+            return rgb_from_image(image)
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
         raise CorpusError(f"cannot read {what} {path}: {exc}") from exc
+
+
+def rgb_from_image(image: Image.Image) -> np.ndarray:
+    if image.mode.startswith("I;16"):
+        array = (np.asarray(image).astype(np.float32) / 257.0).round().astype(np.uint8)
+        return np.repeat(array[..., None], 3, axis=2)
+    return np.asarray(image.convert("RGB"))
 
 
 def resized_shape(height: int, width: int, size: int) -> tuple[int, int]:
@@ -159,8 +263,10 @@ def sample_seed(seed: int, position: int) -> int:
 class TrainDataset(torch.utils.data.Dataset):
     """Indexed by (entry index, sample seed) pairs from `InfiniteBatchSampler`."""
 
-    def __init__(self, corpus: Path, entries: Sequence[ImageEntry], image_size: int, low_res: int, flip: bool = True) -> None:
-        self.corpus = corpus
+    def __init__(
+        self, images: ImageSource, entries: Sequence[ImageEntry], image_size: int, low_res: int, flip: bool = True
+    ) -> None:
+        self.images = images
         self.entries = list(entries)
         self.image_size = image_size
         self.low_res = low_res
@@ -173,7 +279,7 @@ class TrainDataset(torch.utils.data.Dataset):
         index, seed = key
         entry = self.entries[index]
         rng = np.random.default_rng(seed)
-        rgb = read_rgb(self.corpus / "images" / entry.file_name)
+        rgb = self.images.read(entry.file_name)
         order = np.arange(len(entry.rles))
         if len(order) > MAX_INSTANCES:
             order = np.sort(rng.choice(order, MAX_INSTANCES, replace=False))

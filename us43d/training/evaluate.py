@@ -27,8 +27,9 @@ from pycocotools.cocoeval import COCOeval
 
 from us43d.errors import CorpusError, Us43dError
 from us43d.training import engine
-from us43d.training.data import prepare_image, read_rgb, resized_shape
+from us43d.training.data import prepare_image, resized_shape
 from us43d.training.protocol import DEFAULT_PROTOCOL, LARGEST_SHARE, POSTPROCESSING, Protocol
+from us43d.training.sources import FolderImages, ImageSource
 
 PAPER_TEST_SETS = ("BUS-BRA", "MMOTU-2D", "GIST514-DB")
 PROMPTS = ("point", "box")
@@ -208,7 +209,7 @@ Predict = Callable[[np.ndarray, np.ndarray, np.ndarray, Sequence[str]], dict[str
 
 def predict_dataset(
     ground_truth: dict[str, Any],
-    image_root: Path,
+    images: Path | ImageSource,
     predict: Predict,
     prompts: Sequence[str],
     progress: Callable[[], None] | None = None,
@@ -217,6 +218,7 @@ def predict_dataset(
 
     `predict(rgb, points, boxes, prompts)` returns {prompt: (masks, scores)} at the original size.
     """
+    source = FolderImages(images) if isinstance(images, Path) else images
     by_image: dict[Any, list[dict[str, Any]]] = {}
     for annotation in ground_truth["annotations"]:
         by_image.setdefault(annotation["image_id"], []).append(annotation)
@@ -227,10 +229,7 @@ def predict_dataset(
             progress()
         if not annotations:
             continue
-        path = image_root / image["file_name"]
-        if not path.is_file():
-            raise CorpusError(f"image {path} is missing")
-        rgb = read_rgb(path)
+        rgb = source.read(image["file_name"])
         height, width = rgb.shape[:2]
         truth = [_gt_mask(a, height, width) for a in annotations]
         points = np.stack([centroid(m) for m in truth])
@@ -339,7 +338,7 @@ def evaluate(
 
 def score_truths(
     predictor: Predictor,
-    image_root: Path,
+    images: Path | ImageSource,
     truths: dict[str, dict[str, Any]],
     prompts: Sequence[str] = PROMPTS,
     protocol: Protocol = DEFAULT_PROTOCOL,
@@ -362,7 +361,7 @@ def score_truths(
     table: dict[str, dict[str, dict[str, float]]] = {}
     for dataset, ground_truth in truths.items():
         tick = progress(dataset, len(ground_truth["images"])) if progress else None
-        predictions = predict_dataset(ground_truth, image_root, predict, prompts, tick)
+        predictions = predict_dataset(ground_truth, images, predict, prompts, tick)
         table[dataset] = {prompt: coco_map(ground_truth, predictions[prompt], protocol.class_agnostic) for prompt in prompts}
     return table
 

@@ -564,7 +564,9 @@ def _train(
         raise Us43dError("no training images left after --exclude / --datasets")
     plan = batch_plan(config, ctx.world)
     dtype = autocast_dtype(config.precision, ctx.device)
-    truths = read_val_files(corpus, list(selection.counts), config.val_max_images, config.seed) if config.val_every else {}
+    truths, val_images = (
+        read_val_files(corpus, list(selection.counts), config.val_max_images, config.seed) if config.val_every else ({}, None)
+    )
     notes = []
     if config.val_every and not truths:
         if state is None and "val_every" not in derived:
@@ -600,7 +602,7 @@ def _train(
         optimizer.load_state_dict(state["optimizer"])
         start = int(state["step"])
         validation = ValState.from_dict(state.get("validation"))
-    dataset = TrainDataset(corpus, selection.entries, shape.image_size, shape.low_res_size, flip=config.flip)
+    dataset = TrainDataset(selection.images, selection.entries, shape.image_size, shape.low_res_size, flip=config.flip)
     sampler = InfiniteBatchSampler(
         len(dataset), plan.batch_size, config.seed, ctx.rank, ctx.world, start_step=start, accumulation=plan.accumulation
     )
@@ -612,7 +614,7 @@ def _train(
         persistent_workers=config.workers > 0,
         prefetch_factor=2 if config.workers > 0 else None,
     )
-    validator = Validator(corpus, truths, shape.image_size, ctx.rank, ctx.world) if config.val_every else None
+    validator = Validator(val_images, truths, shape.image_size, ctx.rank, ctx.world) if config.val_every and val_images else None
     run.mkdir(parents=True, exist_ok=True)
     warmup, milestones = schedule(config)
     summary: dict[str, Any] = {

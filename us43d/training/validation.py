@@ -17,6 +17,7 @@ from typing import Any
 import torch
 
 from us43d.errors import CorpusError
+from us43d.training.sources import FolderImages, ImageSource, is_webdataset
 
 PROMPTS = ("point", "box")
 AGNOSTIC = [{"id": 1, "name": "object", "supercategory": "object"}]
@@ -62,29 +63,39 @@ def agnostic_subset(ground_truth: dict[str, Any], max_images: int | None, seed: 
     return {"images": images, "annotations": annotations, "categories": AGNOSTIC}
 
 
-def read_val_files(corpus: Path, datasets: Sequence[str], max_images: int | None, seed: int) -> dict[str, dict[str, Any]]:
-    """{dataset: class-agnostic val ground truth} for the datasets that have val images."""
+def read_val_files(
+    corpus: Path, datasets: Sequence[str], max_images: int | None, seed: int
+) -> tuple[dict[str, dict[str, Any]], ImageSource]:
+    """{dataset: class-agnostic val ground truth} for the datasets that have val images, and
+    where their images are read from (a built corpus or a webdataset export)."""
+    from us43d.training.data import webdataset_documents
     from us43d.training.evaluate import read_ground_truth
 
+    documents: dict[str, dict[str, Any]] = {}
+    source: ImageSource = FolderImages(corpus / "images")
+    if is_webdataset(corpus):
+        documents, source = webdataset_documents(corpus, "val", datasets)
+    else:
+        for dataset in datasets:
+            path = corpus / "coco" / dataset / "val.json"
+            if path.is_file():
+                documents[dataset] = read_ground_truth(path)
     truths: dict[str, dict[str, Any]] = {}
-    for dataset in datasets:
-        path = corpus / "coco" / dataset / "val.json"
-        if not path.is_file():
-            continue
+    for dataset, document in documents.items():
         try:
-            subset = agnostic_subset(read_ground_truth(path), max_images, seed)
+            subset = agnostic_subset(document, max_images, seed)
         except (KeyError, TypeError) as exc:
-            raise CorpusError(f"cannot read the val split {path}: {exc}") from None
+            raise CorpusError(f"cannot read the val split of {dataset} in {corpus}: {exc}") from None
         if subset["images"]:
             truths[dataset] = subset
-    return truths
+    return truths, source
 
 
 @dataclass
 class Validator:
     """Scores a model on the val view; one per training process."""
 
-    corpus: Path
+    images: ImageSource
     truths: dict[str, dict[str, Any]]
     image_size: int
     rank: int = 0
@@ -121,7 +132,7 @@ class Validator:
             if mine:
                 predictor = Predictor(sam=sam, image_size=self.image_size, device=device)
                 truths = {d: self.truths[d] for d in mine}
-                table = score_truths(predictor, self.corpus / "images", truths, PROMPTS)
+                table = score_truths(predictor, self.images, truths, PROMPTS)
         finally:
             sam.train(was_training)
         if self.world > 1:
