@@ -57,3 +57,26 @@ def decode(
         dense_prompt_embeddings=dense,
         multimask_output=multimask,
     )
+
+
+def decode_points(
+    sam: nn.Module,
+    embedding: torch.Tensor,
+    points: torch.Tensor,
+    labels: torch.Tensor,
+    multimask: bool,
+    mask_input: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """`decode` for N instances prompted with K clicks each: points (N, K, 2) in the model's
+    input frame, labels (N, K) as the prompt encoder reads them (1 positive, 0 negative).
+
+    With points only, segment_anything's encoder appends one not-a-point token, as its own
+    predictor does for clicks; `mask_input` (N, 1, low, low) is a previous round's logits."""
+    sparse, dense = sam.prompt_encoder(points=(points, labels), boxes=None, masks=mask_input)
+    return sam.mask_decoder(
+        image_embeddings=embedding,
+        image_pe=sam.prompt_encoder.get_dense_pe(),
+        sparse_prompt_embeddings=sparse,
+        dense_prompt_embeddings=dense,
+        multimask_output=multimask,
+    )
