@@ -274,7 +274,9 @@ def test_eval_refuses_bad_click_options(demo_corpus: Path, options: list[str], m
 def test_eval_clicks_never_writes_over_its_inputs(demo_corpus: Path, tmp_path: Path) -> None:
     checkpoint = tmp_path / "model.png"
     checkpoint.write_bytes(b"weights")
-    result = invoke("eval", "--corpus", str(demo_corpus), "--checkpoint", str(checkpoint), "--clicks", "2", "--plot", str(checkpoint))
+    result = invoke(
+        "eval", "--corpus", str(demo_corpus), "--checkpoint", str(checkpoint), "--clicks", "2", "--plot", str(checkpoint)
+    )
     assert result.exit_code == 2 and "would overwrite the checkpoint" in result.output
     assert checkpoint.read_bytes() == b"weights"
 
