@@ -239,7 +239,7 @@ def test_eval_clicks_writes_the_table_json_and_plot(demo_corpus: Path, tmp_path:
     for value in scores["dice"]:
         assert f"{value:.1f}" in result.output
     with Image.open(plot) as image:
-        assert image.format == "PNG" and image.size == (1000, 460)
+        assert image.format == "PNG" and image.size == (1000, 460 + 14)  # one legend line
         colours = {c for _, c in image.convert("RGB").getcolors(1 << 20)}
     assert (31, 119, 180) in colours  # the dataset's line
     result = invoke(*base, "--clicks", "2", "--click-mode", "boundary", "--protocol", "sam", "--json", str(out))
@@ -288,3 +288,20 @@ def test_parse_clicks_and_library_refusals(demo_corpus: Path) -> None:
         evaluate_clicks(predictor, demo_corpus, ["BUS-BRA"], 0, "region", PROTOCOLS["sam"])
     with pytest.raises(Us43dError, match="--click-mode takes"):
         evaluate_clicks(predictor, demo_corpus, ["BUS-BRA"], 2, "inside", PROTOCOLS["sam"])
+
+
+def test_the_plot_draws_dice_and_iou_against_clicks() -> None:
+    import io
+
+    from us43d.training.plot import PALETTE, click_curves_png
+
+    with Image.open(io.BytesIO(click_curves_png({"A": {"dice": [0.0, 100.0], "iou": [100.0, 0.0]}}))) as image:
+        pixels = np.asarray(image.convert("RGB"))
+
+    def coloured(x: int, y: int) -> bool:
+        return bool((pixels[y - 2 : y + 3, x - 2 : x + 3] == PALETTE[0]).all(axis=2).any())
+
+    # Dice rises from (click 1, 0) to (click 2, 100) in the left panel; IoU falls in the right one
+    assert coloured(265, 222) and coloured(764, 222)
+    assert coloured(45, 415) and coloured(485, 30) and coloured(544, 30) and coloured(984, 415)
+    assert not coloured(45, 30) and not coloured(544, 415)  # not the other diagonal

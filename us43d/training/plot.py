@@ -59,12 +59,13 @@ PALETTE = [
 def click_curves_png(curves: Mapping[str, Mapping[str, Sequence[float]]], size: tuple[int, int] = (1000, 460)) -> bytes:
     """PNG bytes of mean Dice (left) and IoU (right), in percent, against the number of
     clicks: one line per dataset ({dataset: {"dice": [...], "iou": [...]}}), the same colour
-    in both panels; a dataset with one click is a dot. The y axes run 0 to 100 so runs compare."""
-    width, height = size
-    image = Image.new("RGB", size, "white")
+    in both panels; a dataset with one click is a dot. The y axes run 0 to 100 so runs compare.
+    The legend lists the datasets below the panels, so the image grows by a line per dataset."""
+    legend = 14 * len(curves)
+    width, height = size[0], size[1] + legend
+    image = Image.new("RGB", (width, height), "white")
     draw = ImageDraw.Draw(image)
     rounds = max((len(c["dice"]) for c in curves.values()), default=1)
-    legend = 14 * len(curves)
     left, right, top, bottom = 45, 15, 30, 45 + legend
     panel = (width - left - 2 * right) // 2
     for column, metric in enumerate(("dice", "iou")):
