@@ -65,7 +65,7 @@ def click_curves_png(curves: Mapping[str, Mapping[str, Sequence[float]]], size: 
     width, height = size[0], size[1] + legend
     image = Image.new("RGB", (width, height), "white")
     draw = ImageDraw.Draw(image)
-    rounds = max((len(c["dice"]) for c in curves.values()), default=1)
+    rounds = max([len(c["dice"]) for c in curves.values()] + [1])  # a dataset without instances has no values
     left, right, top, bottom = 45, 15, 30, 45 + legend
     panel = (width - left - 2 * right) // 2
     for column, metric in enumerate(("dice", "iou")):
