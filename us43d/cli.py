@@ -502,6 +502,23 @@ def train(
     tensorboard: Annotated[
         bool | None, typer.Option("--tensorboard/--no-tensorboard", help="Also log to RUN/tensorboard (needs tensorboard).")
     ] = None,
+    prompt: Annotated[
+        str | None,
+        typer.Option(
+            help="Prompt kinds with their probabilities per instance: point, box (UltraSam) and boundary (SAMUSA's clicks "
+            "on the mask's boundary, point label 4), e.g. boundary or point=0.25,box=0.25,boundary=0.5 "
+            "(recipe: point=0.5,box=0.5)."
+        ),
+    ] = None,
+    boundary_click_images: Annotated[
+        int | None, typer.Option(help="Images per step whose boundary clicks grow one by one (default 2, as SAMUSA).")
+    ] = None,
+    boundary_max_clicks: Annotated[
+        int | None, typer.Option(help="Those images get 2 to this many boundary clicks (default 10).")
+    ] = None,
+    boundary_loss_weight: Annotated[
+        float | None, typer.Option(help="Weight of SAMUSA's boundary loss (default: 2 with boundary prompts, else 0).")
+    ] = None,
 ) -> None:
     """Fine-tune SAM on the corpus with the UltraSam recipe (torchrun for several GPUs).
 
@@ -538,6 +555,10 @@ def train(
         "activation_checkpointing": activation_checkpointing,
         "freeze_encoder": freeze_encoder,
         "tensorboard": tensorboard,
+        "prompt": prompt,
+        "boundary_click_images": boundary_click_images,
+        "boundary_max_clicks": boundary_max_clicks,
+        "boundary_loss_weight": boundary_loss_weight,
         "exclude": tuple(exclude.split(",")) if exclude else None,
         "datasets": tuple(datasets.split(",")) if datasets else None,
         "init": str(init) if init else None,
@@ -805,9 +826,11 @@ def convert_checkpoint(
     if to not in ("sam", "mmdet"):
         raise Us43dError("--to takes sam or mmdet")
     refuse_overwriting(target, {"the source checkpoint": source}, "target")
-    count, form = convert(source, target, to, decoder)
+    count, form, dropped = convert(source, target, to, decoder)
     names = "segment_anything names, for its decoder" if to == "sam" else "MMDetection names, for the authors' decoder"
     console.print(f"wrote {target}: {count} tensors ({names}); {source} was read as weights for {DECODER_NAMES[form]}")
+    if dropped:
+        console.print(f"left out {', '.join(dropped)} (boundary clicks): neither format has a place for it")
     if to == "sam":
         console.print(f"to evaluate {target} itself with us43d, give --decoder sam (files of this kind do not say their form)")
 

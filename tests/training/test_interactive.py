@@ -175,9 +175,9 @@ def test_the_image_is_embedded_once_for_every_click(demo_corpus: Path, monkeypat
     torch.manual_seed(0)
     predictor = load_predictor(None, "tiny")
     embedded, decoded = [], []
-    real_encoder, real_decode = predictor.sam.image_encoder.forward, engine.decode_points
+    real_encoder, real_decode = predictor.sam.image_encoder.forward, engine.decode_clicks
     monkeypatch.setattr(predictor.sam.image_encoder, "forward", lambda x: embedded.append(1) or real_encoder(x))
-    monkeypatch.setattr(engine, "decode_points", lambda *a, **k: decoded.append(a[2].shape) or real_decode(*a, **k))
+    monkeypatch.setattr(engine, "decode_clicks", lambda *a, **k: decoded.append(a[2].shape) or real_decode(*a, **k))
     curves = evaluate_clicks(predictor, demo_corpus, ["BUS-BRA"], 3, "region", PROTOCOLS["sam"])
     document = json.loads((demo_corpus / "coco" / "BUS-BRA" / "test.json").read_text())
     images = len({a["image_id"] for a in document["annotations"]})
@@ -210,8 +210,11 @@ def test_model_clicks_reach_the_prompt_encoder_as_labelled_points(monkeypatch: p
     # the model's input frame is 128 x 64 for a 200 x 100 image: coordinates scaled by 0.64
     torch.testing.assert_close(points, torch.tensor([[[64.0, 32.0], [12.8, 6.4]]]))
     assert labels.tolist() == [[1, 0]] and boxes is None and mask_input is None
+    downscaled = []  # the previous round's logits become the dense (mask) prompt
+    real_down = predictor.sam.prompt_encoder.mask_downscaling.forward
+    monkeypatch.setattr(predictor.sam.prompt_encoder.mask_downscaling, "forward", lambda x: downscaled.append(x) or real_down(x))
     decide(np.array([[[100.0, 50.0]]]), np.array([[1]]), logits, True)
-    assert torch.equal(seen[1][3], logits)
+    assert len(downscaled) == 1 and torch.equal(downscaled[0], logits)
 
 
 # the command
@@ -305,3 +308,30 @@ def test_the_plot_draws_dice_and_iou_against_clicks() -> None:
     assert coloured(265, 222) and coloured(764, 222)
     assert coloured(45, 415) and coloured(485, 30) and coloured(544, 30) and coloured(984, 415)
     assert not coloured(45, 30) and not coloured(544, 415)  # not the other diagonal
+
+
+def test_boundary_clicks_use_the_models_boundary_embedding_when_it_has_one(
+    demo_corpus: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    torch.manual_seed(0)
+    predictor = load_predictor(None, "tiny")
+    assert interactive.boundary_label_of(predictor.sam)[0] == POSITIVE  # SAM, MedSAM, UltraSam: positive points
+    engine.add_boundary_embedding(predictor.sam)
+    assert interactive.boundary_label_of(predictor.sam)[0] == engine.BOUNDARY_LABEL
+    fed = []
+    real = engine.decode_clicks
+    monkeypatch.setattr(engine, "decode_clicks", lambda *a, **k: fed.append(a[3].clone()) or real(*a, **k))
+    evaluate_clicks(predictor, demo_corpus, ["BUS-BRA"], 3, "boundary", PROTOCOLS["sam"], max_images=1)
+    assert fed and all((labels == engine.BOUNDARY_LABEL).all() for labels in fed)
+    fed.clear()
+    evaluate_clicks(predictor, demo_corpus, ["BUS-BRA"], 1, "region", PROTOCOLS["sam"], max_images=1)
+    assert fed and all((labels == POSITIVE).all() for labels in fed)  # region clicks keep SAM's labels
+    monkeypatch.setattr(engine, "decode_clicks", real)
+    checkpoint = tmp_path / "boundary.pth"
+    torch.save(predictor.sam.state_dict(), checkpoint)
+    out = tmp_path / "boundary.json"
+    base = ["eval", "--corpus", str(demo_corpus), "--datasets", "BUS-BRA", "--max-images", "1", "--json", str(out)]
+    result = invoke(*base, "--checkpoint", str(checkpoint), "--clicks", "2", "--click-mode", "boundary")
+    assert result.exit_code == 0, result.output
+    assert "boundary clicks were fed as boundary points (label 4" in result.output
+    assert json.loads(out.read_text())["interactive"]["boundary_clicks_as"].startswith("boundary points (label 4")

@@ -444,6 +444,8 @@ def test_a_run_saved_before_these_settings_resumes_as_it_ran(demo_corpus: Path, 
         del state["config"][name]
     for name in ("val_every", "val_max_images", "tensorboard"):
         del state["config"][name]
+    for name in ("prompt", "boundary_click_images", "boundary_max_clicks", "boundary_loss_weight"):
+        del state["config"][name]
     state["config"]["bf16"] = True  # the old default: autocast on GPU only
     state["config"]["iters"] = 4
     del state["validation"]

@@ -33,8 +33,16 @@ def boundary_mask(mask: np.ndarray) -> np.ndarray:
 def boundary_pixels(mask: np.ndarray) -> np.ndarray:
     """(N, 2) float (x, y) of the mask's inner contour, in row-major order (top row first,
     left to right); (0, 2) for an empty mask."""
-    rows, cols = np.nonzero(boundary_mask(mask))
-    return np.stack([cols, rows], axis=1).astype(np.float64)
+    mask = np.asarray(mask, dtype=bool)
+    if mask.ndim != 2:
+        raise ValueError(f"a mask is H x W, got shape {mask.shape}")
+    filled_rows, filled_cols = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
+    if len(filled_rows) == 0:
+        return np.zeros((0, 2))
+    # only the mask's box is searched (a structure is small against a 1024 x 1024 frame)
+    top, left = filled_rows[0], filled_cols[0]
+    rows, cols = np.nonzero(boundary_mask(mask[top : filled_rows[-1] + 1, left : filled_cols[-1] + 1]))
+    return np.stack([cols + left, rows + top], axis=1).astype(np.float64)
 
 
 def first_boundary_points(mask: np.ndarray, rng: np.random.Generator) -> np.ndarray:

@@ -418,11 +418,16 @@ def atomic_save(obj: Any, path: Path) -> None:
         raise
 
 
-def convert_checkpoint(source: Path, target: Path, to: str = "sam", decoder: str | None = None) -> tuple[int, str]:
+def convert_checkpoint(
+    source: Path, target: Path, to: str = "sam", decoder: str | None = None
+) -> tuple[int, str, tuple[str, ...]]:
     """Write `source` as a plain segment_anything state dict for segment_anything's decoder, or
     as an MMDetection one for the authors' decoder (the same outputs either way). `decoder`
     says which decoder the source's weights are for when the file does not say (default: the
-    authors', as their code reads official SAM). Returns (tensor count, the source's form)."""
+    authors', as their code reads official SAM). Returns (tensor count, the source's form, the
+    keys left out): a boundary-click embedding (engine.BOUNDARY_EMBED_KEY) has no place in either
+    format, so it is left out and the output loads strictly into segment_anything's model."""
+    from us43d.training.engine import BOUNDARY_EMBED_KEY
     from us43d.training.sam import DECODERS, DEFAULT_DECODER
 
     if decoder is not None and decoder not in DECODERS:
@@ -437,9 +442,11 @@ def convert_checkpoint(source: Path, target: Path, to: str = "sam", decoder: str
         )
     form = weights.form or decoder or DEFAULT_DECODER
     plain = in_decoder_form(weights.state, form, "sam")
+    dropped = tuple(key for key in (BOUNDARY_EMBED_KEY,) if key in plain)
+    plain = {key: value for key, value in plain.items() if key not in dropped}
     result = sam_to_mmdet(plain) if to == "mmdet" else plain
     try:
         atomic_save({"state_dict": result} if to == "mmdet" else result, target)
     except OSError as exc:
         raise CheckpointError(f"cannot write {target}: {os_error_text(exc)}") from None
-    return len(result), form
+    return len(result), form, dropped

@@ -20,6 +20,8 @@ from PIL import Image
 from pycocotools import mask as mask_utils
 
 from us43d.errors import CorpusError, Us43dError
+from us43d.training.boundary import first_boundary_points
+from us43d.training.prompts import BOUNDARY, BOX, RECIPE_PROMPT, draw_kinds, parse_prompt_mix
 
 PIXEL_MEAN = np.array([123.675, 116.28, 103.53], dtype=np.float32)
 PIXEL_STD = np.array([58.395, 57.12, 57.375], dtype=np.float32)
@@ -157,14 +159,30 @@ def sample_seed(seed: int, position: int) -> int:
 
 
 class TrainDataset(torch.utils.data.Dataset):
-    """Indexed by (entry index, sample seed) pairs from `InfiniteBatchSampler`."""
+    """Indexed by (entry index, sample seed) pairs from `InfiniteBatchSampler`.
 
-    def __init__(self, corpus: Path, entries: Sequence[ImageEntry], image_size: int, low_res: int, flip: bool = True) -> None:
+    `prompt` is the mix of prompt kinds (prompts.parse_prompt_mix); with boundary prompts a
+    sample also carries each boundary instance's first two clicks and, for the image, a rank
+    and a click count that decide whether the trainer adds clicks to it (train.step_losses).
+    """
+
+    def __init__(
+        self,
+        corpus: Path,
+        entries: Sequence[ImageEntry],
+        image_size: int,
+        low_res: int,
+        flip: bool = True,
+        prompt: str = RECIPE_PROMPT,
+        max_clicks: int = 10,
+    ) -> None:
         self.corpus = corpus
         self.entries = list(entries)
         self.image_size = image_size
         self.low_res = low_res
         self.flip = flip
+        self.mix = parse_prompt_mix(prompt)
+        self.max_clicks = max_clicks
 
     def __len__(self) -> int:
         return len(self.entries)
@@ -192,7 +210,8 @@ class TrainDataset(torch.utils.data.Dataset):
         resized, boxes = resized[keep], boxes[keep]
         scale = np.array([new_w / entry.width, new_h / entry.height] * 2)
         boxes = boxes * scale
-        is_box = rng.random(len(resized)) < 0.5
+        kinds = draw_kinds(self.mix, len(resized), rng)
+        is_box = kinds == BOX
         points = np.zeros((len(resized), 2))
         for i, mask in enumerate(resized):
             rows, cols = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
@@ -207,12 +226,24 @@ class TrainDataset(torch.utils.data.Dataset):
         # each corner moves by up to 5 % of the un-jittered box's width or height
         wh = boxes[:, 2:] - boxes[:, :2]
         boxes = boxes + rng.uniform(-BOX_JITTER, BOX_JITTER, size=boxes.shape) * np.concatenate([wh, wh], axis=1)
+        # Boundary draws come last, and only with boundary prompts, so that every other draw
+        # (and so every recipe run) is what it was before they existed.
+        clicks = np.zeros((len(resized), 2, 2))
+        rank, count = 0.0, 2
+        if self.mix["boundary"] > 0:
+            for i in np.flatnonzero(kinds == BOUNDARY):
+                clicks[i] = first_boundary_points(resized[i], rng)
+            rank, count = rng.random(), int(rng.integers(2, self.max_clicks + 1))
         return {
             "image": image,
             "targets": low_res_targets(resized, self.image_size, self.low_res),
             "points": torch.from_numpy(points).float(),
             "boxes": torch.from_numpy(boxes).float(),
             "is_box": torch.from_numpy(is_box),
+            "is_boundary": torch.from_numpy(kinds == BOUNDARY),
+            "clicks": torch.from_numpy(clicks).float(),
+            "click_rank": torch.tensor(rank),
+            "click_count": torch.tensor(count),
             "image_id": torch.tensor(entry.image_id),
         }
 
@@ -224,6 +255,10 @@ def collate(batch: list[dict[str, torch.Tensor]]) -> dict[str, object]:
         "points": [b["points"] for b in batch],
         "boxes": [b["boxes"] for b in batch],
         "is_box": [b["is_box"] for b in batch],
+        "is_boundary": [b["is_boundary"] for b in batch],
+        "clicks": [b["clicks"] for b in batch],
+        "click_rank": torch.stack([b["click_rank"] for b in batch]),
+        "click_count": torch.stack([b["click_count"] for b in batch]),
         "image_id": torch.stack([b["image_id"] for b in batch]),
     }
 

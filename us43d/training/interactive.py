@@ -198,7 +198,7 @@ def model_decide(predictor: Predictor, rgb: np.ndarray, postprocess: str) -> Dec
     ) -> tuple[np.ndarray, torch.Tensor]:
         points = torch.as_tensor(coords * scale, dtype=torch.float32, device=predictor.device)
         kinds = torch.as_tensor(labels, dtype=torch.int64, device=predictor.device)
-        logits, ious = engine.decode_points(predictor.sam, embedding, points, kinds, multimask, previous)
+        logits, ious = engine.decode_clicks(predictor.sam, embedding, points, kinds, multimask, previous)
         best = ious.argmax(dim=1)
         kept = logits[torch.arange(len(best), device=logits.device), best]
         masks = to_original(kept, predictor.image_size, resized, original, postprocess)
@@ -210,12 +210,13 @@ def model_decide(predictor: Predictor, rgb: np.ndarray, postprocess: str) -> Dec
 def boundary_label_of(sam: torch.nn.Module) -> tuple[int, str]:
     """(label, in words) that boundary clicks are fed to `sam` as.
 
-    A model trained with boundary prompts has its own embedding for them; official SAM,
-    MedSAM and UltraSam have none, and segment_anything's encoder would add no label embedding
-    to an unknown label at all, so boundary clicks reach them as positive points (they lie on
-    the mask's inner contour, so they are inside the object)."""
-    del sam
-    return POSITIVE, "positive points (the model has no boundary-point embedding)"
+    A model trained with boundary prompts has its own embedding for them (point label
+    engine.BOUNDARY_LABEL). Official SAM, MedSAM and UltraSam have none, and segment_anything's
+    encoder would give an unknown label no type embedding at all, so boundary clicks reach them
+    as positive points: they lie on the mask's inner contour, so inside the object."""
+    if engine.has_boundary_embedding(sam):
+        return engine.BOUNDARY_LABEL, f"boundary points (label {engine.BOUNDARY_LABEL}, the model's boundary-click embedding)"
+    return POSITIVE, "positive points (label 1: the model has no boundary-click embedding)"
 
 
 @dataclass

@@ -13,6 +13,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from us43d.training.boundary_loss import boundary_loss
+
 FOCAL_WEIGHT = 20.0
 
 
@@ -41,19 +43,48 @@ def true_iou(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
 
 @dataclass
 class LossParts:
+    """The loss terms; `boundary` (SAMUSA's boundary loss, boundary_loss.py) counts with
+    `boundary_weight` and is None when no instance had boundary clicks."""
+
     focal: torch.Tensor
     dice: torch.Tensor
     iou: torch.Tensor
+    boundary: torch.Tensor | None = None
+    boundary_weight: float = 0.0
 
     @property
     def total(self) -> torch.Tensor:
-        return FOCAL_WEIGHT * self.focal + self.dice + self.iou
+        total = FOCAL_WEIGHT * self.focal + self.dice + self.iou
+        if self.boundary is not None and self.boundary_weight:
+            total = total + self.boundary_weight * self.boundary
+        return total
+
+    def __add__(self, other: LossParts) -> LossParts:
+        if self.boundary is None or other.boundary is None:
+            boundary = self.boundary if other.boundary is None else other.boundary
+        else:
+            boundary = self.boundary + other.boundary
+        return LossParts(
+            self.focal + other.focal,
+            self.dice + other.dice,
+            self.iou + other.iou,
+            boundary,
+            self.boundary_weight or other.boundary_weight,
+        )
 
 
 def mask_losses(
-    logits: torch.Tensor, iou_predictions: torch.Tensor, targets: torch.Tensor, selection: str = "iou", iou_loss: str = "mse"
+    logits: torch.Tensor,
+    iou_predictions: torch.Tensor,
+    targets: torch.Tensor,
+    selection: str = "iou",
+    iou_loss: str = "mse",
+    boundary: tuple[torch.Tensor, torch.Tensor] | None = None,
+    boundary_weight: float = 0.0,
 ) -> LossParts:
-    """`logits` (N, M, h, w), `iou_predictions` (N, M), `targets` (N, h, w) in {0, 1}."""
+    """`logits` (N, M, h, w), `iou_predictions` (N, M), `targets` (N, h, w) in {0, 1};
+    `boundary`, when given, is (rows, heatmaps): the instances with boundary clicks and their
+    click heatmaps, whose boundary loss is taken on the same chosen mask as the others."""
     logits = logits.float()
     iou_predictions = iou_predictions.float()
     expanded = targets[:, None].expand_as(logits)
@@ -72,4 +103,7 @@ def mask_losses(
     dice = dice_per_instance(best, targets).mean()
     predicted, actual = iou_predictions[rows, chosen], ious[rows, chosen]
     iou = F.l1_loss(predicted, actual) if iou_loss == "l1" else F.mse_loss(predicted, actual)
-    return LossParts(focal, dice, iou)
+    edge = None
+    if boundary is not None and len(boundary[0]):
+        edge = boundary_loss(best[boundary[0]], boundary[1]).mean()
+    return LossParts(focal, dice, iou, edge, boundary_weight)

@@ -19,6 +19,7 @@ from typing import Any
 import torch
 
 from us43d.training.checkpoints import CheckpointError, Weights, load_into, read_weights
+from us43d.training.engine import BOUNDARY_EMBED_KEY, BOUNDARY_LABEL, add_boundary_embedding
 from us43d.training.sam import DECODER_NAMES, DECODERS, DEFAULT_DECODER, MODEL_CONFIGS, ModelConfig, build_model, model_config
 
 # ModelConfig fields the tensors determine; a named configuration fits when all agree.
@@ -222,10 +223,14 @@ def load_model(
     weights = read_weights(checkpoint) if checkpoint is not None else None
     choice, weights = choose(weights, str(checkpoint), model, image_size, decoder)
     sam = build_model(choice.config, decoder=choice.decoder)
+    notes = list(choice.notes)
     if weights is not None:
+        if BOUNDARY_EMBED_KEY in weights.state:  # trained with boundary clicks (SAMUSA): a fifth point type
+            add_boundary_embedding(sam)
+            notes.append(f"{checkpoint} has a boundary-click embedding (point label {BOUNDARY_LABEL}): kept")
         load_into(sam, weights.for_decoder(choice.decoder), str(checkpoint))
     if report is not None:
-        for note in choice.notes:
+        for note in notes:
             report(note)
     return sam, choice.config
 

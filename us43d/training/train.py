@@ -17,16 +17,20 @@ import time
 from collections.abc import Iterable, Mapping
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field, fields, replace
+from functools import partial
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
+import numpy as np
 import torch
 import torch.distributed as dist
 import yaml
-from pydantic import BeforeValidator, Field, TypeAdapter, ValidationError
+from pydantic import AfterValidator, BeforeValidator, Field, TypeAdapter, ValidationError
 
 from us43d.errors import Us43dError
 from us43d.training import engine
+from us43d.training.boundary import next_boundary_point
+from us43d.training.boundary_loss import BOUNDARY_LOSS_WEIGHT, click_heatmaps
 from us43d.training.checkpoints import CheckpointError, Weights, atomic_save, load_into, load_untrusted, read_weights
 from us43d.training.data import InfiniteBatchSampler, TrainDataset, collate, load_selection
 from us43d.training.losses import LossParts, mask_losses
@@ -38,6 +42,7 @@ from us43d.training.memory import (
     freeze_image_encoder,
     use_activation_checkpointing,
 )
+from us43d.training.prompts import RECIPE_PROMPT, canonical_prompt, uses_boundary
 from us43d.training.sam import DECODER_NAMES, build_model, model_config
 from us43d.training.validation import Validator, ValState, read_val_files, summary_map
 
@@ -62,6 +67,16 @@ Count = Annotated[int, Field(ge=1)]
 NonNegative = Annotated[int, Field(ge=0)]
 Rate = Annotated[float, Field(gt=0, allow_inf_nan=False)]
 Names = Annotated[tuple[str, ...], BeforeValidator(_names)]
+
+
+def _prompt(value: Any) -> str:
+    try:
+        return canonical_prompt(value)
+    except Us43dError as exc:  # pydantic reports ValueErrors with the setting's name and value
+        raise ValueError(str(exc).removeprefix("prompt: ")) from None
+
+
+PromptMix = Annotated[str, AfterValidator(_prompt)]
 
 
 @dataclass
@@ -108,6 +123,13 @@ class TrainConfig:
     tensorboard: bool = False  # event files in RUN/tensorboard beside metrics.jsonl
     exclude: Names = ()
     datasets: Names = ()
+    # Prompt kinds with their probabilities per instance (prompts.py): the recipe's point or
+    # box, or SAMUSA's boundary clicks, e.g. "boundary" or "point=0.25,box=0.25,boundary=0.5".
+    prompt: PromptMix = RECIPE_PROMPT
+    boundary_click_images: NonNegative = 2  # images per step whose boundary clicks grow one by one (SAMUSA: 2)
+    boundary_max_clicks: Annotated[int, Field(ge=2)] = 10  # those images get 2..this many clicks
+    # SAMUSA's lambda; None: 2 with boundary prompts, else 0
+    boundary_loss_weight: Annotated[float, Field(ge=0, allow_inf_nan=False)] | None = None
     init: str | None = None  # a checkpoint, or "none" for random weights; None (not given) is refused
 
     @classmethod
@@ -193,6 +215,8 @@ def _upgrade_saved(saved: Mapping[str, Any]) -> dict[str, Any]:
         data.setdefault("precision", "bf16" if legacy and torch.cuda.is_available() else "fp32")
     data.setdefault("global_batch", None)
     data.setdefault("val_every", 0)
+    data.setdefault("prompt", RECIPE_PROMPT)  # runs saved before boundary prompts trained on points and boxes
+    data.setdefault("boundary_loss_weight", 0.0)
     return data
 
 
@@ -224,9 +248,21 @@ def lr_factor(step: int, config: TrainConfig) -> float:
     return warm * decay
 
 
+def boundary_weight(config: TrainConfig) -> float:
+    """The boundary loss's weight: as set, else SAMUSA's lambda with boundary prompts, 0 without."""
+    if config.boundary_loss_weight is not None:
+        return config.boundary_loss_weight
+    return BOUNDARY_LOSS_WEIGHT if uses_boundary(config.prompt) else 0.0
+
+
 def resolve_new_run(config: TrainConfig) -> tuple[TrainConfig, frozenset[str]]:
     """The settings a new run stores, every derived value made explicit (except the
     accumulation), and the names of those derived from the recipe rather than given."""
+    if config.boundary_loss_weight and not uses_boundary(config.prompt):
+        raise Us43dError(
+            f"--boundary-loss-weight {config.boundary_loss_weight:g} needs boundary clicks, and --prompt "
+            f"{config.prompt} has none: add boundary to --prompt (e.g. point=0.25,box=0.25,boundary=0.5) or leave it out"
+        )
     derived = {
         name
         for name in ("batch_size", "activation_checkpointing", "warmup_iters", "milestones", "val_every")
@@ -245,6 +281,8 @@ def resolve_new_run(config: TrainConfig) -> tuple[TrainConfig, frozenset[str]]:
         warmup_iters=warmup,
         milestones=milestones,
         val_every=val_every(config),
+        prompt=canonical_prompt(config.prompt),
+        boundary_loss_weight=boundary_weight(config),
     )
     return resolved, frozenset(derived)
 
@@ -341,58 +379,143 @@ def setup_distributed() -> Distributed:
 
 
 def step_losses(sam: torch.nn.Module, batch: dict[str, Any], config: TrainConfig, device: torch.device) -> LossParts:
-    """Both passes for every image of the batch; losses over all instances of the batch."""
+    """Both passes for every image of the batch; losses over all instances of the batch.
+
+    Instances with boundary clicks (SAMUSA) are decoded apart from the point and box ones (their
+    prompts have another number of tokens); on the images `click_images` picks, their clicks
+    first grow one by one where the prediction's boundary is furthest from the truth's."""
     with torch.set_grad_enabled(torch.is_grad_enabled() and encoder_is_trained(sam)):  # a frozen encoder keeps no graph
         embeddings = sam.image_encoder(batch["image"].to(device))
+    image_size = batch["image"].shape[-1]
     passes: list[list[tuple[torch.Tensor, torch.Tensor]]] = [[], []]
-    targets = []
+    targets: list[torch.Tensor] = []
+    boundary_rows: list[torch.Tensor] = []
+    heatmaps: list[torch.Tensor] = []
+    growing = click_images(batch, config.boundary_click_images)
+
+    def run(decoder: Any) -> None:
+        if config.refine:
+            first = decoder(multimask=False, mask_input=None)
+            passes[0].append(first)
+            passes[1].append(decoder(multimask=True, mask_input=first[0]))
+        else:
+            passes[0].append(decoder(multimask=True, mask_input=None))
+
     for i in range(len(embeddings)):
         points, boxes, is_box = batch["points"][i].to(device), batch["boxes"][i].to(device), batch["is_box"][i].to(device)
         if len(points) == 0:
             continue
-        targets.append(batch["targets"][i].to(device))
+        target = batch["targets"][i].to(device)
         embedding = embeddings[i : i + 1]
-        if config.refine:
-            first = engine.decode(sam, embedding, points, boxes, is_box, multimask=False)
-            second = engine.decode(sam, embedding, points, boxes, is_box, multimask=True, mask_input=first[0])
-            passes[0].append(first)
-            passes[1].append(second)
-        else:
-            passes[0].append(engine.decode(sam, embedding, points, boxes, is_box, multimask=True))
+        on_boundary = batch["is_boundary"][i].to(device) if "is_boundary" in batch else None
+        if on_boundary is None or not on_boundary.any():
+            targets.append(target)
+            run(partial(engine.decode, sam, embedding, points, boxes, is_box))
+            continue
+        plain = ~on_boundary
+        if plain.any():
+            targets.append(target[plain])
+            run(partial(engine.decode, sam, embedding, points[plain], boxes[plain], is_box[plain]))
+        coords = batch["clicks"][i].to(device)[on_boundary]
+        labels = torch.full(coords.shape[:2], engine.BOUNDARY_LABEL, dtype=torch.int, device=device)
+        if i in growing:
+            coords, labels = grow_clicks(sam, embedding, coords, labels, target[on_boundary], int(batch["click_count"][i]))
+        first_row = sum(len(t) for t in targets)
+        targets.append(target[on_boundary])
+        boundary_rows.append(torch.arange(first_row, first_row + len(coords), device=device))
+        heatmaps.append(click_heatmaps(coords, labels == engine.BOUNDARY_LABEL, image_size, target.shape[-1]))
+        run(partial(engine.decode_clicks, sam, embedding, coords, labels))
     if not targets:
         zero = sum(p.sum() for p in sam.parameters() if p.requires_grad) * 0  # a loss that backward accepts
         return LossParts(zero, zero, zero)
     target = torch.cat(targets)
+    boundary = (torch.cat(boundary_rows), torch.cat(heatmaps)) if boundary_rows else None
     total: LossParts | None = None
     for outputs in passes:
         if not outputs:
             continue
         parts = mask_losses(
-            torch.cat([o[0] for o in outputs]), torch.cat([o[1] for o in outputs]), target, config.selection, config.iou_loss
+            torch.cat([o[0] for o in outputs]),
+            torch.cat([o[1] for o in outputs]),
+            target,
+            config.selection,
+            config.iou_loss,
+            boundary,
+            boundary_weight(config),
         )
-        total = parts if total is None else LossParts(total.focal + parts.focal, total.dice + parts.dice, total.iou + parts.iou)
+        total = parts if total is None else total + parts
     assert total is not None
     return total
 
 
+def click_images(batch: Mapping[str, Any], count: int) -> set[int]:
+    """The images of a batch whose boundary clicks grow: the `count` with the lowest rank drawn
+    by their samples among those with boundary instances (so the choice is a function of the
+    samples, like every other draw, and a resumed run makes the same)."""
+    if not count or "click_rank" not in batch:
+        return set()
+    candidates = [i for i, flags in enumerate(batch["is_boundary"]) if bool(flags.any())]
+    ranked = sorted(candidates, key=lambda i: (float(batch["click_rank"][i]), i))
+    return set(ranked[:count])
+
+
+def grow_clicks(
+    sam: torch.nn.Module, embedding: torch.Tensor, coords: torch.Tensor, labels: torch.Tensor, truth: torch.Tensor, total: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """SAMUSA's simulated annotator: add boundary clicks one at a time, each at the ground-truth
+    boundary point furthest from the current prediction's boundary, up to `total` per instance.
+
+    The model predicts without gradients (as a user would see it); the search runs on the
+    low-resolution truth and prediction (boundary.next_boundary_point) and the click goes to the
+    centre of that low-res pixel in the input frame. An instance with no boundary point left
+    gets a padding slot instead, so all instances keep the same number of tokens."""
+    image_size = sam.prompt_encoder.input_image_size[0]
+    low = truth.shape[-1]
+    scale = image_size / low
+    masks = truth.detach().cpu().numpy() > 0.5
+    chosen = [list(c) for c in torch.round((coords.detach().cpu() + 0.5) / scale - 0.5).numpy()]
+    for _ in range(total - coords.shape[1]):
+        with torch.no_grad():
+            logits, _ = engine.decode_clicks(sam, embedding, coords, labels, multimask=False)
+        predicted = (logits[:, 0] > 0).cpu().numpy()
+        extra = torch.zeros(len(coords), 1, 2, dtype=coords.dtype)
+        extra_labels = torch.full((len(coords), 1), engine.PADDING_LABEL, dtype=labels.dtype)
+        for j, (mask, prediction) in enumerate(zip(masks, predicted)):
+            point = next_boundary_point(mask, prediction, np.array(chosen[j]))
+            if point is not None:
+                chosen[j].append(point)
+                extra[j, 0] = torch.from_numpy((point + 0.5) * scale - 0.5)
+                extra_labels[j, 0] = engine.BOUNDARY_LABEL
+        coords = torch.cat([coords, extra.to(coords.device)], dim=1)
+        labels = torch.cat([labels, extra_labels.to(labels.device)], dim=1)
+    return coords, labels
+
+
 def accumulate_gradients(
-    model: torch.nn.Module, batches: Iterable[dict[str, Any]], count: int, device_type: str, dtype: torch.dtype | None
+    model: torch.nn.Module,
+    batches: Iterable[dict[str, Any]],
+    count: int,
+    device_type: str,
+    dtype: torch.dtype | None,
+    boundary_weight: float = 0.0,
 ) -> LossParts:
     """Backward of the mean loss over `count` micro-batches, as DDP averages it over GPUs, so
     one GPU accumulating 4 batches of 8 computes the gradient of the recipe's 4 x 8. Returns
-    the mean loss parts (detached). Under DDP only the last micro-batch syncs gradients."""
+    the mean loss parts (detached). Under DDP only the last micro-batch syncs gradients.
+    `model` returns the focal, dice, IoU and boundary terms; the last counts `boundary_weight`."""
     sums: list[torch.Tensor] | None = None
     for index, batch in enumerate(batches):
         last = index == count - 1
         sync = model.no_sync() if not last and hasattr(model, "no_sync") else nullcontext()
         with sync:
             with torch.autocast(device_type, dtype=dtype or torch.bfloat16, enabled=dtype is not None):
-                parts = LossParts(*model(batch))
+                parts = LossParts(*model(batch), boundary_weight=boundary_weight)
             (parts.total if count == 1 else parts.total / count).backward()
-        values = [parts.focal.detach(), parts.dice.detach(), parts.iou.detach()]
+        assert parts.boundary is not None
+        values = [parts.focal.detach(), parts.dice.detach(), parts.iou.detach(), parts.boundary.detach()]
         sums = values if sums is None else [a + b for a, b in zip(sums, values)]
     assert sums is not None, "no micro-batch"
-    return LossParts(*(v if count == 1 else v / count for v in sums))
+    return LossParts(*(v if count == 1 else v / count for v in sums), boundary_weight=boundary_weight)
 
 
 def _save(
@@ -576,6 +699,8 @@ def _train(
         config = replace(config, val_every=0)
     init = None if state is not None or starts_from_random(config.init) else _read_init(shape, config)
     sam = build_model(shape, efficient_attention=config.efficient_attention, decoder=config.decoder)
+    if uses_boundary(config.prompt):
+        engine.add_boundary_embedding(sam)
     if state is not None:
         load_into(sam, state["model"], "the run's checkpoint")
     elif init is not None:
@@ -600,7 +725,15 @@ def _train(
         optimizer.load_state_dict(state["optimizer"])
         start = int(state["step"])
         validation = ValState.from_dict(state.get("validation"))
-    dataset = TrainDataset(corpus, selection.entries, shape.image_size, shape.low_res_size, flip=config.flip)
+    dataset = TrainDataset(
+        corpus,
+        selection.entries,
+        shape.image_size,
+        shape.low_res_size,
+        flip=config.flip,
+        prompt=config.prompt,
+        max_clicks=config.boundary_max_clicks,
+    )
     sampler = InfiniteBatchSampler(
         len(dataset), plan.batch_size, config.seed, ctx.rank, ctx.world, start_step=start, accumulation=plan.accumulation
     )
@@ -666,6 +799,7 @@ def _train(
             for note in notes:
                 console.print(note)
     log = _Log(run, start, config.tensorboard) if ctx.main else None
+    with_boundary = uses_boundary(config.prompt)
     progress = _progress(console if ctx.main else None, config.iters, start)
     started, seen = time.perf_counter(), 0
     batches = iter(loader)
@@ -679,7 +813,7 @@ def _train(
                 group["lr"] = config.lr * lr_factor(step, config)
             optimizer.zero_grad(set_to_none=True)
             micro = (next(batches) for _ in range(plan.accumulation))
-            parts = accumulate_gradients(model, micro, plan.accumulation, ctx.device.type, dtype)
+            parts = accumulate_gradients(model, micro, plan.accumulation, ctx.device.type, dtype, boundary_weight(config))
             grad_norm = torch.nn.utils.clip_grad_norm_(trained, config.grad_clip)
             optimizer.step()
             seen += plan.per_iteration
@@ -692,6 +826,7 @@ def _train(
                         "focal": parts.focal.item(),
                         "dice": parts.dice.item(),
                         "iou": parts.iou.item(),
+                        **({"boundary": parts.boundary.item()} if parts.boundary is not None and with_boundary else {}),
                         "lr": optimizer.param_groups[0]["lr"],
                         "grad_norm": float(grad_norm),
                         "images_per_s": seen / (time.perf_counter() - started),
@@ -767,9 +902,25 @@ def _read_init(shape: Any, config: TrainConfig) -> Weights:
 
 
 def _load_init(sam: torch.nn.Module, weights: Weights, config: TrainConfig, console: Any) -> None:
-    """The --init weights in the run's decoder form (converted when the file says its own)."""
-    kept = load_into(sam, weights.for_decoder(config.decoder), str(config.init))
+    """The --init weights in the run's decoder form (converted when the file says its own).
+
+    A boundary run started from weights without a boundary embedding starts it as a copy of
+    their positive click's; a run without boundary prompts leaves out the embedding of weights
+    that have one, so its model.pth stays a plain segment_anything file."""
+    state = weights.for_decoder(config.decoder)
+    notes = []
+    if engine.BOUNDARY_EMBED_KEY in state and not engine.has_boundary_embedding(sam):
+        state = {k: v for k, v in state.items() if k != engine.BOUNDARY_EMBED_KEY}
+        notes.append(f"{config.init} has a boundary-click embedding; left out (--prompt {config.prompt} has no boundary clicks)")
+    elif engine.BOUNDARY_EMBED_KEY not in state and engine.has_boundary_embedding(sam):
+        positive = state.get("prompt_encoder.point_embeddings.1.weight")
+        if positive is not None:
+            state = {**state, engine.BOUNDARY_EMBED_KEY: positive.clone()}
+        notes.append(f"{config.init} has no boundary-click embedding; it starts as a copy of the positive click's")
+    kept = load_into(sam, state, str(config.init))
     if console:
+        for note in notes:
+            console.print(f"note: {note}")
         for note in weights.notes:
             console.print(f"note: {note}")
         if weights.form is not None and weights.form != config.decoder:
@@ -808,9 +959,10 @@ class TrainStep(torch.nn.Module):
         super().__init__()
         self.sam, self.config, self.device = sam, config, device
 
-    def forward(self, batch: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def forward(self, batch: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         parts = step_losses(self.sam, batch, self.config, self.device)
-        return parts.focal, parts.dice, parts.iou
+        boundary = parts.boundary if parts.boundary is not None else parts.focal.new_zeros(())  # DDP returns tensors
+        return parts.focal, parts.dice, parts.iou, boundary
 
 
 def _progress(console: Any, total: int, start: int):
