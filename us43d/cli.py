@@ -582,10 +582,25 @@ def evaluate_checkpoint(
         str, typer.Option(help="Datasets, comma-separated, or 'all' (every dataset of the corpus with images in --split).")
     ] = "BUS-BRA,MMOTU-2D,GIST514-DB",
     split: Annotated[str, typer.Option(help="train, val or test.")] = "test",
-    prompt: Annotated[str, typer.Option(help="point, box or both.")] = "both",
+    prompt: Annotated[str | None, typer.Option(help="point, box or both (default: both).")] = None,
     model: Annotated[str | None, typer.Option(help=MODEL_HELP)] = None,
     image_size: Annotated[int | None, typer.Option(help="Input side (default: the checkpoint's).")] = None,
     decoder: Annotated[str | None, typer.Option(help=DECODER_HELP)] = None,
+    clicks: Annotated[
+        str | None,
+        typer.Option(
+            help="Interactive evaluation instead of mAP: a simulated user clicks N times on every instance "
+            "(N or 1..N, N up to 20); mean Dice and IoU after each click, per dataset."
+        ),
+    ] = None,
+    click_mode: Annotated[
+        str | None,
+        typer.Option(
+            help="With --clicks: region (default: the mask's centre, then the largest error region) or boundary "
+            "(SAMUSA: points on the mask's boundary)."
+        ),
+    ] = None,
+    plot: Annotated[Path | None, typer.Option(help="With --clicks: write the Dice and IoU curves to this PNG file.")] = None,
     protocol: Annotated[
         str,
         typer.Option(
@@ -624,22 +639,23 @@ def evaluate_checkpoint(
 ) -> None:
     """Prompt-based COCO mAP per dataset on one split; by default the paper's Table 1 (official
     test sets, the authors' protocol). The protocol is printed with every table."""
-    from us43d.corpus.writers import atomic_write_bytes
-    from us43d.errors import os_error_text
     from us43d.training.evaluate import corpus_datasets, evaluate, load_predictor, split_file
     from us43d.training.outputs import refuse_overwriting
     from us43d.training.protocol import resolve_protocol
 
-    if prompt not in ("point", "box", "both"):
+    if prompt not in (None, "point", "box", "both"):
         raise Us43dError("--prompt takes point, box or both")
     if split not in ("train", "val", "test"):
         raise Us43dError("--split takes train, val or test")
+    rounds = _check_click_options(clicks, click_mode, plot, prompt, refine, class_agnostic)
     chosen = resolve_protocol(protocol, refine, postprocess, class_agnostic, mmotu_largest)
     if json_out:
         if json_out.is_dir():
             raise Us43dError(f"--json {json_out} is a folder: give the path of the file to write")
         refuse_overwriting(json_out, {"the checkpoint": checkpoint}, "--json")
-    prompts = ("point", "box") if prompt == "both" else (prompt,)
+    if plot:
+        refuse_overwriting(plot, {"the checkpoint": checkpoint, "the --json file": json_out}, "--plot")
+    prompts = ("point", "box") if prompt in (None, "both") else (prompt,)
     if datasets.strip().lower() == "all":
         names = corpus_datasets(corpus, split)
     else:
@@ -656,6 +672,20 @@ def evaluate_checkpoint(
         err_console.print("note: no --checkpoint: evaluating randomly initialised weights")
     notes: list[str] = []
     predictor = load_predictor(checkpoint, model, image_size, decoder=decoder, report=notes.append)
+    if rounds:
+        from us43d.training.plot import click_curves_png
+
+        interactive = _evaluate_clicks(
+            predictor, checkpoint, corpus, names, rounds, click_mode or "region", chosen, split, max_images
+        )
+        for note in notes:
+            console.print(note, highlight=False, markup=False)
+        document = {"checkpoint": str(checkpoint) if checkpoint else None, "split": split, "max_images": max_images}
+        if json_out:
+            _write_output(json_out, (json.dumps({**document, "interactive": interactive}, indent=2) + "\n").encode(), "--json")
+        if plot:
+            _write_output(plot, click_curves_png(interactive["scores"]), "--plot")
+        return
     table = evaluate(predictor, corpus, names, prompts, protocol=chosen, split=split, max_images=max_images)
     result = Table(title=f"mAP / mAP@50 (%), {split} split")
     result.add_column("dataset")
@@ -683,10 +713,92 @@ def evaluate_checkpoint(
             "max_images": max_images,
             "scores": table,
         }
-        try:
-            atomic_write_bytes(json_out, (json.dumps(document, indent=2) + "\n").encode())
-        except OSError as exc:
-            raise Us43dError(f"cannot write --json {json_out}: {os_error_text(exc)}") from None
+        _write_output(json_out, (json.dumps(document, indent=2) + "\n").encode(), "--json")
+
+
+def _write_output(path: Path, data: bytes, flag: str) -> None:
+    """A result file, written whole or not at all."""
+    from us43d.corpus.writers import atomic_write_bytes
+    from us43d.errors import os_error_text
+
+    try:
+        atomic_write_bytes(path, data)
+    except OSError as exc:
+        raise Us43dError(f"cannot write {flag} {path}: {os_error_text(exc)}") from None
+
+
+def _check_click_options(
+    clicks: str | None,
+    click_mode: str | None,
+    plot: Path | None,
+    prompt: str | None,
+    refine: bool | None,
+    class_agnostic: bool | None,
+) -> int:
+    """The number of clicks to score (0: the mAP evaluation), once options that do not go
+    together are refused: silently ignoring one would report a number it did not shape."""
+    from us43d.training.interactive import check_mode, parse_clicks
+
+    if clicks is None:
+        for flag, value in (("--click-mode", click_mode), ("--plot", plot)):
+            if value is not None:
+                raise Us43dError(f"{flag} needs --clicks (the interactive evaluation)")
+        return 0
+    rounds = parse_clicks(clicks)
+    check_mode(click_mode or "region")
+    mAP_only = (("--prompt", prompt), ("--refine/--no-refine", refine), ("--class-agnostic/--per-class", class_agnostic))
+    for flag, value in mAP_only:
+        if value is not None:
+            raise Us43dError(f"{flag} belongs to the mAP evaluation and does not apply with --clicks")
+    if plot is not None and (plot.is_dir() or plot.suffix.lower() != ".png"):
+        raise Us43dError(f"--plot {plot} must be the path of a .png file to write")
+    return rounds
+
+
+def _evaluate_clicks(
+    predictor: Any,
+    checkpoint: Path | None,
+    corpus: Path,
+    names: list[str],
+    rounds: int,
+    mode: str,
+    protocol: Any,
+    split: str,
+    max_images: int | None,
+) -> dict[str, Any]:
+    """Score, print the two tables and the settings, and return the `interactive` JSON section."""
+    from us43d.training.interactive import boundary_label_of, clicks_document, describe_clicks, evaluate_clicks
+
+    curves = evaluate_clicks(predictor, corpus, names, rounds, mode, protocol, split, max_images)
+    for metric, title in (("dice", "Dice"), ("iou", "IoU")):
+        table = Table(title=f"mean {title} (%) after each click, {mode} clicks, {split} split")
+        table.add_column("dataset")
+        table.add_column("instances", justify="right")
+        for click in range(1, rounds + 1):
+            table.add_column(str(click), justify="right")
+        for name in names:
+            values = getattr(curves[name], metric)
+            cells = [f"{v:.1f}" for v in values] if values else ["-"] * rounds  # no instance: nothing to average
+            table.add_row(name, str(curves[name].instances), *cells)
+        console.print(table)
+    _, boundary_words = boundary_label_of(predictor.sam)
+    settings = Table(title="interactive evaluation", show_header=False)
+    settings.add_column("setting", no_wrap=True)
+    settings.add_column("value")
+    settings.add_row("checkpoint", str(checkpoint) if checkpoint else "none (random weights)")
+    settings.add_row("split", split)
+    settings.add_row("images", f"the first {max_images} with an instance, per dataset" if max_images else "all")
+    for label, text in describe_clicks(mode, rounds, boundary_words):
+        settings.add_row(label, text)
+    settings.add_row("post-processing", f"{protocol.postprocess} (from --protocol {protocol.preset} or --postprocess)")
+    settings.add_row("MMOTU-2D test", "largest instance per image" if protocol.mmotu_largest else "every instance")
+    console.print(settings)
+    skipped = {n: c.skipped_empty for n, c in curves.items() if c.skipped_empty}
+    if skipped:
+        err_console.print(f"note: instances with an empty mask were not scored: {skipped}", highlight=False, markup=False)
+    if mode == "boundary":
+        console.print(f"boundary clicks were fed as {boundary_words}", highlight=False, markup=False)
+    return clicks_document(mode, rounds, boundary_words, protocol, curves)
 
 
 @app.command("convert-checkpoint")
