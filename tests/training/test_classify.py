@@ -183,6 +183,7 @@ def test_refusals_are_one_line_and_exit_2(demo_corpus: Path, tiny_weights: Path,
     base = ["classify", "--checkpoint", str(tiny_weights), "--corpus", str(demo_corpus), "--mode", "probe"]
     run = ["--out", str(tmp_path / "run")]
     assert_clean_error(invoke(*base, *run, "--datasets", "NoSuchSet"), "unknown dataset 'NoSuchSet'")
+    assert_clean_error(invoke(*base, *run, "--datasets", "../../BUS-BRA"), "unknown dataset '../../BUS-BRA'")
     assert_clean_error(invoke(*base, *run, "--datasets", "STU-Hospital"), "STU-Hospital has no image-level classes")
     assert_clean_error(invoke(*base, *run, "--datasets", "MMOTU-2D"), "MMOTU-2D is not in the corpus", "build it first")
     garbage = tmp_path / "garbage.pth"

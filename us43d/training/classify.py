@@ -37,6 +37,7 @@ from torch import nn
 from us43d.corpus.output import STATE_DIR
 from us43d.corpus.records import STATE_VERSION
 from us43d.errors import CorpusError, Us43dError, os_error_text
+from us43d.registry.schema import ID_PATTERN
 from us43d.training import engine
 from us43d.training.class_metrics import macro_scores
 from us43d.training.data import prepare_image, read_rgb
@@ -119,6 +120,8 @@ def resolve_datasets(corpus: Path, names: Sequence[str]) -> dict[str, tuple[str,
     resolved: dict[str, tuple[str, ...]] = {}
     for name in names:
         dataset = registry.get(name).id if name in registry else name
+        if not ID_PATTERN.match(dataset):  # it names files under the corpus and the run folder
+            raise Us43dError(f"unknown dataset {name!r}: not a dataset id")
         state = corpus / STATE_DIR / f"{dataset}.json"
         if not state.is_file():
             if name not in registry:
