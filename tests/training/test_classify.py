@@ -190,6 +190,7 @@ def test_refusals_are_one_line_and_exit_2(demo_corpus: Path, tiny_weights: Path,
     garbage.write_bytes(b"\x00not a checkpoint")
     result = invoke("classify", "--checkpoint", str(garbage), "--corpus", str(demo_corpus), *run, "--datasets", "BUS-BRA")
     assert_clean_error(result, str(garbage))
+    assert not (tmp_path / "run").exists()  # nothing written for a run that could not start
     assert_clean_error(invoke(*base, *run, "--datasets", "BUS-BRA", "--mode", "linear"), "unknown mode 'linear'")
     assert_clean_error(invoke(*base, *run, "--datasets", "BUS-BRA", "--iters", "0"), "--iters")
     # a folder of the user's, or a training run, is never written into

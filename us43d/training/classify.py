@@ -486,10 +486,10 @@ def _classify_dataset(
 # --- the run folder ---------------------------------------------------------------------------
 
 
-def claim_run_folder(run: Path) -> None:
+def check_run_folder(run: Path) -> None:
     """A classify run writes only into a new or empty folder, or one an earlier classify run
     marked as its own (whose feature cache it then reuses); never over a training run or a
-    folder of the user's."""
+    folder of the user's. Checked before the model is loaded, so a refusal costs nothing."""
     if run.exists() and not run.is_dir():
         raise Us43dError(f"--out {run} is a file, not a run folder")
     if run.is_dir() and not (run / RUN_MARKER).is_file():
@@ -497,9 +497,12 @@ def claim_run_folder(run: Path) -> None:
             raise Us43dError(f"--out {run} holds a training run: classify into another folder")
         if any(run.iterdir()):
             raise Us43dError(f"--out {run} is not empty and was not made by `us43d classify`: give a new or empty folder")
-    for name in ("features",):
-        if (run / name).is_symlink():
-            raise Us43dError(f"{run / name} is a link: the classify run writes only into folders of its own")
+    if (run / "features").is_symlink():
+        raise Us43dError(f"{run / 'features'} is a link: the classify run writes only into folders of its own")
+
+
+def claim_run_folder(run: Path) -> None:
+    check_run_folder(run)
     try:
         run.mkdir(parents=True, exist_ok=True)
         (run / RUN_MARKER).write_text(
@@ -536,8 +539,9 @@ def classify(
         jobs.append(DatasetRun(dataset, classes, splits))
     if not Path(checkpoint).is_file():
         raise Us43dError(f"checkpoint {checkpoint} does not exist")
-    claim_run_folder(run)
+    check_run_folder(run)
     sam, shape = load_model(checkpoint, model, image_size, decoder, report)
+    claim_run_folder(run)
     target = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     sam = sam.to(target)
     checkpoint_hash = file_sha256(checkpoint)
