@@ -134,3 +134,20 @@ def test_hc18_outlines_cut_by_the_border_are_closed(tmp_path: Path) -> None:
     for stem in ("186_HC", "346_HC", "628_2HC", "787_HC"):
         ((_, head),) = found[(f"training_set/{stem}.png", None)]
         assert head.sum() > 150_000, stem  # a filled head, not the thin ring of about 3,800 px
+
+
+@pytest.mark.skipif(not (SAMPLES / "BUS-BRA").is_dir(), reason="../shared/samples is absent")
+def test_bus_bra_labels_are_the_pathology_of_the_real_csv(tmp_path: Path) -> None:
+    import csv
+
+    import pyarrow.parquet as pq
+
+    build(SAMPLES / "BUS-BRA" / "raw", tmp_path / "out", ["BUS-BRA"])
+    with open(SAMPLES / "BUS-BRA" / "raw" / "BUS-BRA" / "BUSBRA" / "5-fold-cv.csv", newline="") as handle:
+        rows = {row["ID"]: row for row in csv.DictReader(handle)}
+    table = pq.read_table(tmp_path / "out" / "parquet" / "images.parquet").to_pylist()
+    assert len(table) == 24
+    labels = {Path(r["source_file"]).stem: (r["label"], r["split"]) for r in table}
+    assert {i: label for i, (label, _) in labels.items()} == {i: rows[i]["Pathology"] for i in labels}
+    assert {label for label, _ in labels.values()} == {"benign", "malignant"}
+    assert {i for i, (_, split) in labels.items() if split == "test"} == {i for i in labels if rows[i]["kFold"] == "1"}

@@ -85,6 +85,8 @@ def test_user_directories_add_entries(tmp_path: Path, monkeypatch: pytest.Monkey
         ({"test_split": {"kind": "official"}}, "test_split"),
         ({"sources": [{"kind": "zenodo", "location": "1", "files": [{"name": "a.zip", "md5": "xyz"}]}]}, "sources.0.files.0.md5"),
         ({"id": "A" * 65}, "id"),
+        ({"classes": ["benign", "benign"]}, "classes"),
+        ({"classes": ["benign"]}, "classes"),
         ({"converter": "../../etc/evil"}, "converter"),
         ({"sources": [{"kind": "http", "location": "https://x.org/a.zip", "contents": ["/abs/*"]}]}, "sources.0.contents"),
         ({"sources": [{"kind": "http", "location": "https://x.org/a.zip", "contents": ["../*"]}]}, "sources.0.contents"),

@@ -261,3 +261,64 @@ def test_no_corpus_is_a_clean_error(tmp_path: Path) -> None:
     (tmp_path / "a-file").write_text("x")
     result = cli("validate", str(tmp_path / "a-file"))
     assert result.exit_code == 2 and "Traceback" not in result.output
+
+
+def test_a_label_outside_the_classes_is_found(out: Path) -> None:
+    def relabel(doc: Any) -> None:
+        doc["records"][0]["label"] = "cancer"
+
+    edit_json(out / ".state" / "BUS-BRA.json", relabel)
+    found = problems(out)
+    assert """label "cancer" is not one of the classes ['benign', 'malignant']""" in found, found
+
+
+def test_a_label_changed_in_coco_is_found(out: Path) -> None:
+    def flip(doc: Any) -> None:
+        image = doc["images"][0]
+        image["label"] = "benign" if image["label"] == "malignant" else "malignant"
+
+    edit_json(out / "coco" / "BUS-BRA" / "train.json", flip)
+    found = problems(out)
+    assert "coco/BUS-BRA/train.json" in found and "has label" in found, found
+
+
+def test_a_label_changed_in_parquet_is_found(out: Path) -> None:
+    edit_parquet(out / "parquet" / "images.parquet", "label", lambda values: values.__setitem__(0, "other"))
+    found = problems(out)
+    assert "images.parquet" in found and "label" in found, found
+
+
+def test_classes_must_match_the_registry_and_labels_outside_them_fail_the_item(tmp_path: Path) -> None:
+    make_bus_bra_like(tmp_path / "raw" / "Mine", patients=4, size=(64, 80))
+    lesions = ["breast lesion benign", "breast lesion malignant"]
+    built_with = write_entries(
+        tmp_path / "a", private_entry("Mine", converter="bus_bra", categories=lesions, classes=["benign", "malignant"])
+    )
+    build(tmp_path / "raw", tmp_path / "out", registry_dirs=[built_with])
+    assert validate_corpus(tmp_path / "out", registry=Registry.load([built_with])).ok
+    changed = write_entries(
+        tmp_path / "b", private_entry("Mine", converter="bus_bra", categories=lesions, classes=["malignant", "benign"])
+    )
+    found = "\n".join(validate_corpus(tmp_path / "out", registry=Registry.load([changed])).problems)
+    assert "image-level classes ['benign', 'malignant'] in the corpus" in found, found
+    # a release whose label is not one of the entry's classes: every item fails, naming its file
+    result = build(
+        tmp_path / "raw",
+        tmp_path / "out2",
+        registry_dirs=[
+            write_entries(
+                tmp_path / "c", {**private_entry("Mine", converter="bus_bra", categories=lesions, classes=["cyst", "solid"])}
+            )
+        ],
+    )
+    assert result.reports["Mine"].images == 0
+    reasons = {e["reason"] for e in result.item_errors}
+    assert (
+        reasons
+        <= {
+            "image-level class 'benign' is not in the registry entry (one of ['cyst', 'solid'])",
+            "image-level class 'malignant' is not in the registry entry (one of ['cyst', 'solid'])",
+        }
+        and reasons
+    ), reasons
+    assert all(e["file"].startswith("BUSBRA/Images/") for e in result.item_errors)

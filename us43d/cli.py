@@ -872,6 +872,101 @@ def predict(
 
 @app.command()
 @_friendly
+def classify(
+    checkpoint: Annotated[Path, typer.Option(help="Checkpoint whose encoder is used (SAM, MedSAM, UltraSam or ours).")],
+    out: Annotated[
+        Path,
+        typer.Option(
+            help="Run folder: new, empty, or an earlier classify run's (its feature cache is reused). "
+            "Gets scores.json, DATASET.pt and features/."
+        ),
+    ],
+    corpus: Annotated[Path, typer.Option(help="Corpus folder written by `us43d build`.")] = Path("corpus"),
+    datasets: Annotated[
+        str, typer.Option(help="Datasets with image-level classes, comma-separated; one classifier each.")
+    ] = "BUS-BRA,MMOTU-2D,GIST514-DB",
+    mode: Annotated[
+        str, typer.Option(help="finetune (the paper: encoder and head trained) or probe (frozen encoder, cached features).")
+    ] = "finetune",
+    variant: Annotated[
+        str,
+        typer.Option(
+            help="image (averaged encoder tokens, the paper's Table 2) or prompted (the ground-truth box and the "
+            "image decoded by the mask decoder; its output tokens averaged)."
+        ),
+    ] = "image",
+    iters: Annotated[int, typer.Option(help="Training iterations (the paper: 2000).")] = 2000,
+    batch_size: Annotated[int, typer.Option(help="Images per iteration (the paper: 8).")] = 8,
+    lr: Annotated[float, typer.Option(help="AdamW learning rate (the paper: 1e-4).")] = 1e-4,
+    weight_decay: Annotated[float, typer.Option(help="AdamW weight decay (the paper: 1e-4).")] = 1e-4,
+    clip_grad: Annotated[float, typer.Option(help="Gradient norm limit, 0 for none (the paper: 0.1).")] = 0.1,
+    flip: Annotated[bool, typer.Option("--flip/--no-flip", help="Random horizontal flips when fine-tuning.")] = True,
+    val_every: Annotated[int, typer.Option(help="Iterations between model-selection checks on val (0: four per run).")] = 0,
+    seed: Annotated[int, typer.Option(help="Seed of the head's initialisation, the batches and the flips.")] = 0,
+    model: Annotated[str | None, typer.Option(help=MODEL_HELP)] = None,
+    image_size: Annotated[int | None, typer.Option(help="Input side (default: the checkpoint's).")] = None,
+    decoder: Annotated[str | None, typer.Option(help=DECODER_HELP + " Used by --variant prompted.")] = None,
+    device: Annotated[str | None, typer.Option(help="cpu, cuda or cuda:N (default: cuda when there is one).")] = None,
+    json_out: Annotated[Path | None, typer.Option("--json", help="Also write the run's record (scores.json) here.")] = None,
+) -> None:
+    """Image classification from a checkpoint's encoder: macro precision, recall and F1 on each
+    dataset's official test split, in the layout of the paper's Table 2."""
+    from us43d.corpus.writers import atomic_write_bytes
+    from us43d.errors import os_error_text
+    from us43d.training.classify import CLASSIFIED, ClassifyConfig
+    from us43d.training.classify import classify as run_classify
+    from us43d.training.outputs import refuse_overwriting
+
+    config = ClassifyConfig(
+        mode=mode,
+        variant=variant,
+        iters=iters,
+        batch_size=batch_size,
+        lr=lr,
+        weight_decay=weight_decay,
+        clip_grad=clip_grad,
+        flip=flip,
+        val_every=val_every,
+        seed=seed,
+    )
+    if json_out:
+        if json_out.is_dir():
+            raise Us43dError(f"--json {json_out} is a folder: give the path of the file to write")
+        refuse_overwriting(json_out, {"the checkpoint": checkpoint, "the run's scores.json": out / "scores.json"}, "--json")
+    names = [d.strip() for d in datasets.split(",") if d.strip()]
+    notes: list[str] = []
+    document = run_classify(corpus, out, checkpoint, names, config, model, image_size, decoder, device, notes.append)
+    scores = document["scores"]
+    table = Table(title=f"classification on the official test splits, macro % ({mode}, {variant})")
+    table.add_column("checkpoint")
+    for name in scores:
+        for metric in ("P", "R", "F1"):
+            table.add_column(f"{name} {metric}", justify="right")
+    cells = [f"{100 * scores[n][key]:.1f}" for n in scores for key in ("precision", "recall", "f1")]
+    table.add_row(checkpoint.name, *cells)
+    console.print(table)
+    for name, result in scores.items():
+        images = result["images"]
+        left = sum(result["unlabelled_left_out"].values())
+        console.print(
+            f"{name}: {len(result['classes'])} classes; train {images['train']}, val {images['val']}, test {images['test']} "
+            f"images; iteration {result['selected_iter']} kept" + (f"; {left} unlabelled images left out" if left else ""),
+            highlight=False,
+            markup=False,
+        )
+    console.print(f"classified: {CLASSIFIED[variant]}", highlight=False, markup=False)
+    for note in notes:
+        console.print(note, highlight=False, markup=False)
+    console.print(f"wrote {out / 'scores.json'}", highlight=False, markup=False)
+    if json_out:
+        try:
+            atomic_write_bytes(json_out, (json.dumps(document, indent=2) + "\n").encode())
+        except OSError as exc:
+            raise Us43dError(f"cannot write --json {json_out}: {os_error_text(exc)}") from None
+
+
+@app.command()
+@_friendly
 def demo(
     directory: Annotated[
         Path | None,

@@ -4,7 +4,9 @@ It writes a small ultrasound-like dataset in BUS-BRA's exact raw layout (Images/
 5-fold-cv.csv, bus_data.csv), so the real converter, build, validation and statistics run on
 it unchanged. Images imitate B-mode: a fan-shaped field of view on a black frame, speckle,
 and hypoechoic lesions; some masks spill over the edge of the fan, as careless outlines do,
-so cleaning has something to remove.
+so cleaning has something to remove. The pathology is visible, so a classifier can learn it:
+benign lesions brighten the tissue behind them (posterior enhancement, as cysts do), malignant
+ones darken it (posterior shadowing).
 """
 
 from __future__ import annotations
@@ -41,9 +43,10 @@ def fan_mask(height: int, width: int, apex_row: float = -0.15, half_angle: float
 
 
 def synthetic_ultrasound(
-    rng: np.random.Generator, height: int, width: int, lesion_inside: bool = True
+    rng: np.random.Generator, height: int, width: int, lesion_inside: bool = True, malignant: bool = False
 ) -> tuple[np.ndarray, np.ndarray]:
-    """One grey image and its lesion mask (0/255)."""
+    """One grey image and its lesion mask (0/255). The pathology changes no random draw, so the
+    same seed gives the same shapes and speckle either way."""
     fan = fan_mask(height, width)
     rows, cols = np.mgrid[0:height, 0:width].astype(np.float32)
     tissue = 90 + 40 * np.sin(rows / rng.uniform(9, 20)) * np.cos(cols / rng.uniform(15, 30))
@@ -58,7 +61,12 @@ def synthetic_ultrasound(
     v = (-dx * np.sin(theta) + dy * np.cos(theta)) / ry
     inside = u**2 + v**2 <= 1.0
     tissue = np.where(inside, 25.0, tissue)
-    tissue = np.where((u**2 + v**2 > 1.0) & (u**2 + v**2 <= 1.25) & (rows > cy), tissue + 60, tissue)
+    if malignant:  # posterior acoustic shadowing: a dark band below the lesion
+        half_width = np.hypot(rx * np.cos(theta), ry * np.sin(theta))  # the lesion's horizontal half-extent
+        behind = (np.abs(dx) <= half_width) & (rows > cy) & (u**2 + v**2 > 1.0)
+        tissue = np.where(behind, tissue * 0.25, tissue)
+    else:  # posterior enhancement: a bright rim below the lesion
+        tissue = np.where((u**2 + v**2 > 1.0) & (u**2 + v**2 <= 1.25) & (rows > cy), tissue + 60, tissue)
     speckle = rng.rayleigh(scale=0.55, size=(height, width)).astype(np.float32)
     image = np.clip(tissue * speckle * 1.3, 1, 255)
     image = np.where(fan, image, 0).astype(np.uint8)
@@ -78,7 +86,7 @@ def make_bus_bra_like(root: Path, patients: int = 16, seed: int = 0, size: tuple
         fold = 1 + (patient - 1) % 5
         for view in ("l", "r")[: 1 + int(rng.random() < 0.6)]:
             image_id = f"bus_{patient:04d}-{view}"
-            image, mask = synthetic_ultrasound(rng, *size, lesion_inside=rng.random() > 0.2)
+            image, mask = synthetic_ultrasound(rng, *size, lesion_inside=rng.random() > 0.2, malignant=pathology == "malignant")
             Image.fromarray(image).save(base / "Images" / f"{image_id}.png")
             Image.fromarray(mask).save(base / "Masks" / f"mask_{image_id.removeprefix('bus_')}.png")
             cases.append(SyntheticCase(image_id, str(patient), pathology, fold))

@@ -82,3 +82,33 @@ def test_missing_fold_file_is_a_dataset_error(tmp_path: Path) -> None:
     result = build(tmp_path / "raw", tmp_path / "out", ["BUS-BRA"])
     assert result.reports["BUS-BRA"].images == 0
     assert [(e["file"], e["reason"]) for e in result.problems] == [("BUSBRA/5-fold-cv.csv", "file is missing")]
+
+
+def test_image_level_label_is_the_pathology_in_coco_and_parquet(tmp_path: Path) -> None:
+    import pyarrow.parquet as pq
+
+    make_bus_bra(tmp_path / "raw" / "BUS-BRA")
+    build(tmp_path / "raw", tmp_path / "out", ["BUS-BRA"])
+    pathology = {i: p for i, _, p, _ in ROWS}
+    seen = {}
+    for split in ("train", "val", "test"):
+        path = tmp_path / "out" / "coco" / "BUS-BRA" / f"{split}.json"
+        for image in load_json(path)["images"] if path.exists() else []:
+            seen[Path(image["source_file"]).stem] = image["label"]
+    assert seen == pathology
+    merged = load_json(tmp_path / "out" / "coco" / "test.json")  # the class-agnostic files keep it too
+    assert {Path(i["source_file"]).stem: i["label"] for i in merged["images"]} == {
+        "bus_0001-l": "benign",
+        "bus_0006-l": "malignant",
+    }
+    table = pq.read_table(tmp_path / "out" / "parquet" / "images.parquet").to_pylist()
+    assert {Path(r["source_file"]).stem: r["label"] for r in table} == pathology
+
+
+def test_unknown_pathology_is_an_error_naming_the_csv(tmp_path: Path) -> None:
+    rows = [*ROWS[:-1], ("bus_0006-l", "6", "probably bad", 1)]
+    make_bus_bra(tmp_path / "raw" / "BUS-BRA", rows=rows)
+    result = build(tmp_path / "raw", tmp_path / "out", ["BUS-BRA"])
+    assert result.reports["BUS-BRA"].images == 6
+    ((file, reason),) = [(e["file"], e["reason"]) for e in result.item_errors]
+    assert file == "BUSBRA/Images/bus_0006-l.png" and "5-fold-cv.csv" in reason and "probably bad" in reason

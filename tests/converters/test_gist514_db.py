@@ -74,3 +74,21 @@ def test_listed_image_missing_is_reported(tmp_path: Path) -> None:
     assert [(e["file"], e["reason"]) for e in result.item_errors] == [
         ("usd514_jpeg_roi/images/a3.jpg", "listed in train_anno_crop_split_0.json but the image file is missing")
     ]
+
+
+def test_image_level_label_is_the_tumour_of_the_image(tmp_path: Path) -> None:
+    make_gist(tmp_path / "raw" / "GIST514-DB")
+    base = tmp_path / "raw" / "GIST514-DB" / "usd514_jpeg_roi"
+    write_jpeg(base / "images" / "b2.jpg", np.dstack([speckle_image(np.random.default_rng(1), (80, 100))] * 3))
+    # b2 has one polygon of each kind: no single image-level class, its instances are kept
+    (base / "annotations" / "val_anno_crop_split_0.json").write_text(
+        coco([(7, "b1.jpg"), (8, "b2.jpg")], [(7, 1, [TRIANGLE]), (8, 1, [SQUARE]), (8, 2, [TRIANGLE])])
+    )
+    build(tmp_path / "raw", tmp_path / "out", ["GIST514-DB"])
+    labels = {}
+    for split in ("train", "val", "test"):
+        path = tmp_path / "out" / "coco" / "GIST514-DB" / f"{split}.json"
+        for image in load_json(path)["images"] if path.exists() else []:
+            labels[Path(image["source_file"]).name] = image["label"]
+    gist, lmym = "gastrointestinal stromal tumour", "leiomyoma"
+    assert labels == {"a1.jpg": gist, "a2.jpg": lmym, "a3.jpg": lmym, "a4.jpg": gist, "b1.jpg": gist, "b2.jpg": None}

@@ -75,3 +75,16 @@ def test_unlisted_image_is_reported(tmp_path: Path) -> None:
         ("OTU_2d/images/9.JPG", "listed in neither train_cls.txt nor val_cls.txt")
     ]
     assert result.reports["MMOTU-2D"].images == 8
+
+
+def test_image_level_label_is_the_listed_class(tmp_path: Path) -> None:
+    import pyarrow.parquet as pq
+
+    make_otu_2d(tmp_path / "raw" / "MMOTU-2D")
+    build(tmp_path / "raw", tmp_path / "out", ["MMOTU-2D"])
+    classes = Registry.load().get("MMOTU-2D").classes
+    assert len(classes) == 8
+    rows = pq.read_table(tmp_path / "out" / "parquet" / "images.parquet").to_pylist()
+    assert {Path(r["source_file"]).stem: r["label"] for r in rows} == {n: classes[c] for n, c in {**TRAIN, **TEST}.items()}
+    test = load_json(tmp_path / "out" / "coco" / "MMOTU-2D" / "test.json")
+    assert sorted(i["label"] for i in test["images"]) == sorted([classes[2], classes[7]])

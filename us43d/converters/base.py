@@ -41,6 +41,9 @@ class Item:
     # An image the release leaves without annotation (it annotates only some): not an error,
     # counted by the build and never read.
     unannotated: bool = False
+    # The image-level class the release gives the item (one of the registry entry's `classes`),
+    # for every sample it yields; None when it gives none.
+    label: str | None = None
 
     @property
     def source_file(self) -> str:
@@ -78,6 +81,7 @@ class Sample:
     # The scan region of the sequence this frame or slice belongs to (bool, the image's shape),
     # estimated from all its frames (us43d.corpus.field_of_view); None for single images.
     field_of_view: np.ndarray | None = None
+    label: str | None = None  # image-level class; None takes the item's
 
     def __post_init__(self) -> None:
         if (self.label_map is None) == (self.instances is None):

@@ -1,8 +1,10 @@
 """BUS-BRA: `Images/bus_<id>.png`, `Masks/mask_<id>.png`, and the CSV files that carry
 pathology, the official folds and the patient (case) of each image.
 
-Fold 1 of `5-fold-cv.csv` is the official test set (patient-level folds). An image missing
-from the CSV is reported, never given a neighbour's pathology or fold.
+Fold 1 of `5-fold-cv.csv` is the official test set (patient-level folds). The Pathology column
+gives both the lesion's category and the image-level class (benign, malignant). An image missing
+from the CSV, or with a Pathology or kFold value other than those, is reported, never given a
+neighbour's pathology or fold.
 """
 
 from __future__ import annotations
@@ -54,6 +56,7 @@ def list_items(raw: Path, entry: DatasetEntry) -> Iterator[Item]:
             group=cases.get(key, _case_of(key)),
             split=TEST if int(fold) == TEST_FOLD else None,
             meta={"category": f"breast lesion {pathology}"},
+            label=pathology,
         )
 
 

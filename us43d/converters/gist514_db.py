@@ -3,6 +3,10 @@
 Split 0 of the authors' cross-validation files is used: `train_anno_crop_split_0.json` is the
 training pool, `val_anno_crop_split_0.json` the official test set. Every polygon is one
 instance. Source categories are matched by name (lmym, gist), not by trusting their ids.
+
+The image-level class (leiomyoma or GIST) is the category of the image's tumour: the release has
+no other per-image label. An image whose annotations name both has no single class and gets
+none (its instances keep their categories); one without annotations gets none either.
 """
 
 from __future__ import annotations
@@ -61,7 +65,9 @@ def list_items(raw: Path, entry: DatasetEntry) -> Iterator[Item]:
             if shapes is None:
                 yield Item(key, files, problem=f"{name}: unknown category in the annotations of {file_name}")
                 continue
-            yield Item(key, files, split=split, meta={"shapes": shapes})
+            classes = {category for category, _ in shapes}
+            label = classes.pop() if len(classes) == 1 else None
+            yield Item(key, files, split=split, meta={"shapes": shapes}, label=label)
 
 
 def read_item(raw: Path, item: Item, entry: DatasetEntry) -> Iterator[Sample]:

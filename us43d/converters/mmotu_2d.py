@@ -1,9 +1,9 @@
 """MMOTU-2D (OTU_2d): `images/<n>.JPG`, `annotations/<n>.PNG`, and the class lists.
 
 Every image has one tumour class, given by `train_cls.txt` / `val_cls.txt` ("<n>.JPG <class>",
-class 0-7); the mask only gives the shape (any non-zero pixel). Images of `val_cls.txt` are the
-official test set. An image in neither list, or in both, is reported rather than given the
-class of its neighbour.
+class 0-7), which is both the category of its instances and its image-level class; the mask only
+gives the shape (any non-zero pixel). Images of `val_cls.txt` are the official test set. An image
+in neither list, or in both, is reported rather than given the class of its neighbour.
 """
 
 from __future__ import annotations
@@ -58,7 +58,8 @@ def list_items(raw: Path, entry: DatasetEntry) -> Iterator[Item]:
         if index >= len(entry.categories):
             yield Item(key, files, problem=f"{where[0]}: class {index} is outside 0..{len(entry.categories) - 1}")
             continue
-        yield Item(key, files, split=LISTS[where[0]], meta={"category": entry.categories[index]})
+        category = entry.categories[index]
+        yield Item(key, files, split=LISTS[where[0]], meta={"category": category}, label=category)
 
 
 def read_item(raw: Path, item: Item, entry: DatasetEntry) -> Iterator[Sample]:

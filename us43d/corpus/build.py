@@ -383,7 +383,12 @@ def _commit_dataset(out: Path, entry: DatasetEntry, print_: str, report: Dataset
     state = {
         "version": STATE_VERSION,
         "fingerprint": print_,
-        "info": {"id": entry.id, "organ": entry.organ, "categories": list(entry.categories)},
+        "info": {
+            "id": entry.id,
+            "organ": entry.organ,
+            "categories": list(entry.categories),
+            "classes": list(entry.classes),
+        },
         "report": asdict(report),
         "records": [r.to_json() for r in records],
     }
@@ -554,7 +559,7 @@ def load_states(
         dataset_records = None if state is None else _state_records(state)
         try:
             info = state["info"]  # type: ignore[index]
-            dataset = DatasetInfo(info["id"], info["organ"], tuple(info["categories"]))
+            dataset = DatasetInfo(info["id"], info["organ"], tuple(info["categories"]), tuple(info["classes"]))
             report = dict(state["report"])  # type: ignore[index]
         except (KeyError, TypeError, ValueError):
             dataset_records = None

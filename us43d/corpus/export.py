@@ -55,12 +55,26 @@ class ExportSample:
     group: str
     objects: list[dict[str, Any]]
     path: Path  # the PNG in the corpus
+    label: str | None = None  # the image-level class, when the dataset has classes
 
     def metadata(self) -> dict[str, Any]:
         return {k: getattr(self, k) for k in METADATA}
 
 
-METADATA = ("image_id", "dataset", "organ", "split", "file_name", "width", "height", "source_file", "frame", "group", "objects")
+METADATA = (
+    "image_id",
+    "dataset",
+    "organ",
+    "split",
+    "file_name",
+    "width",
+    "height",
+    "source_file",
+    "frame",
+    "group",
+    "label",
+    "objects",
+)
 
 
 @dataclass(frozen=True)
@@ -112,6 +126,7 @@ def iter_split(out: Path, dataset: str, split: str) -> Iterator[ExportSample]:
             image["group"],
             objects[image["id"]],
             out / "images" / image["file_name"],
+            image.get("label"),
         )
 
 
@@ -199,6 +214,7 @@ HF_SCHEMA = pa.schema(
         ("source_file", pa.string()),
         ("frame", pa.int32()),
         ("group", pa.string()),
+        ("label", pa.string()),
         ("objects", pa.list_(OBJECT_TYPE)),
     ]
 )
@@ -220,6 +236,7 @@ HF_FEATURES = {
     "source_file": _value("string"),
     "frame": _value("int32"),
     "group": _value("string"),
+    "label": _value("string"),
     "objects": [
         {
             "category": _value("string"),
@@ -352,7 +369,8 @@ def dataset_card(exported: Sequence[ExportedDataset], registry: Registry) -> str
         "---\n"
         + yaml.safe_dump(header, sort_keys=False)
         + "---\n\n# US-43d corpus\n\nWritten by `us43d export --format hf`. One config per source dataset, and "
-        "`default` over all. Every image carries its source dataset, source file and group; instances are COCO RLE "
+        "`default` over all. Every image carries its source dataset, source file, group and image-level class "
+        "(`label`, null where the dataset gives none); instances are COCO RLE "
         "(`objects.rle`, size = height x width) with their category and box (x, y, w, h).\n"
         + warning
         + "\n| dataset | organ | images | licence | redistribution | citation | homepage |\n|---|---|---|---|---|---|---|\n"

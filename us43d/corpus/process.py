@@ -97,6 +97,10 @@ def _record(task: Task, item: Item, sample: Sample, result: ItemResult, written:
     for inst in stats.instances:
         if inst.category not in entry.categories:
             raise ConversionError(f"category '{inst.category}' is not in the registry entry", sample.source_file)
+    label = sample.label if sample.label is not None else item.label
+    if label is not None and label not in entry.classes:
+        known = f"one of {list(entry.classes)}" if entry.classes else "the entry names no classes"
+        raise ConversionError(f"image-level class {label!r} is not in the registry entry ({known})", sample.source_file)
     result.samples += 1
     result.cleaned_pixels += stats.cleaned_pixels
     result.cleaned_instances += stats.cleaned_instances
@@ -127,6 +131,7 @@ def _record(task: Task, item: Item, sample: Sample, result: ItemResult, written:
             size=size,
             sha256=digest,
             cleaned_rle=stats.cleaned_rle,
+            label=label,
         )
     )
 

@@ -9,7 +9,7 @@ from typing import Any
 SPLITS = ("train", "val", "test")
 # Version of the per-dataset state files (OUT/.state/<ID>.json). A state of another version is
 # never trusted: its dataset is rebuilt.
-STATE_VERSION = 4
+STATE_VERSION = 5  # 5: image-level labels (records) and the entry's classes (info)
 
 
 @dataclass(frozen=True)
@@ -39,6 +39,8 @@ class ImageRecord:
     # The annotation pixels the build removed as lying outside the field of view (COCO RLE of
     # their union), so `us43d show` can draw what cleaning took; None when it took nothing.
     cleaned_rle: str | None = None
+    # The image-level class (one of the registry entry's `classes`), None when the release gives none.
+    label: str | None = None
 
     @property
     def image_id(self) -> int:

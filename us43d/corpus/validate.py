@@ -155,7 +155,12 @@ def _load_states(out: Path, report: ValidationReport) -> dict[str, tuple[Dataset
                 continue
             try:
                 info = data["info"]
-                dataset = DatasetInfo(str(info["id"]), str(info["organ"]), tuple(str(c) for c in info["categories"]))
+                dataset = DatasetInfo(
+                    str(info["id"]),
+                    str(info["organ"]),
+                    tuple(str(c) for c in info["categories"]),
+                    tuple(str(c) for c in info["classes"]),
+                )
                 dataset_records = [ImageRecord.from_json(r) for r in data["records"]]
             except (KeyError, TypeError, ValueError, AttributeError) as exc:
                 problems.add(f"{name}: malformed build state ({type(exc).__name__}: {exc})")
@@ -219,6 +224,11 @@ def _check_registry(
                 f"{dataset}: categories {list(info.categories)} in the corpus (ids in that order), "
                 f"the registry says {list(entry.categories)}; rebuild it"
             )
+        if tuple(entry.classes) != info.classes:
+            report.problems.append(
+                f"{dataset}: image-level classes {list(info.classes)} in the corpus, "
+                f"the registry says {list(entry.classes)}; rebuild it"
+            )
 
 
 def _check_records(datasets: Mapping[str, tuple[DatasetInfo, list[ImageRecord]]], report: ValidationReport) -> None:
@@ -231,6 +241,8 @@ def _check_records(datasets: Mapping[str, tuple[DatasetInfo, list[ImageRecord]]]
                 where = f"{name}: {record.file_name}"
                 if record.dataset != dataset or record.file_name != f"{dataset}/{record.key}.png":
                     problems.add(f"{where}: not a file name the build gives ({dataset}/<key>.png)")
+                if record.label is not None and record.label not in info.classes:
+                    problems.add(f"{where}: label {_short(record.label)} is not one of the classes {list(info.classes)}")
                 for index, ann in enumerate(record.annotations):
                     if ann.category not in info.categories:
                         problems.add(

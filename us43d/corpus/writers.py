@@ -36,6 +36,7 @@ class DatasetInfo:
     id: str
     organ: str
     categories: tuple[str, ...]
+    classes: tuple[str, ...] = ()  # image-level classes, which every image's `label` is one of (or null)
 
     def category_id(self, name: str) -> int:
         return self.categories.index(name) + 1
@@ -78,6 +79,7 @@ def image_json(record: ImageRecord) -> dict[str, Any]:
         "source_file": record.source_file,
         "frame": record.frame,
         "group": record.group,
+        "label": record.label,
     }
 
 
@@ -174,6 +176,7 @@ IMAGE_SCHEMA = pa.schema(
         ("frame", pa.int32()),
         ("group", pa.string()),
         ("n_instances", pa.int32()),
+        ("label", pa.string()),
     ]
 )
 ANNOTATION_SCHEMA = pa.schema(
@@ -223,6 +226,7 @@ def parquet_columns(
             ("frame", r.frame),
             ("group", r.group),
             ("n_instances", len(r.annotations)),
+            ("label", r.label),
         ):
             images[name].append(value)
         for index, a in enumerate(r.annotations):

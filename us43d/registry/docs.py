@@ -66,6 +66,8 @@ def render_datasets_md(registry: Registry) -> str:
         if e.citation.doi:
             lines.append(f"- DOI: [{e.citation.doi}](https://doi.org/{e.citation.doi})\n")
         lines.append(f"- groups (kept on one side of every split): {e.group_by or 'each image'}\n")
+        if e.classes:
+            lines.append(f"- image-level classes (the corpus's `label`, `us43d classify`): {_cell(', '.join(e.classes))}\n")
         if e.slicing_axis:
             lines.append(f"- slicing: {e.slicing_axis}. {e.slicing_note or ''}\n")
         if e.expected.note:

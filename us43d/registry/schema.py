@@ -138,6 +138,10 @@ class DatasetEntry(_Strict):
     application: str
     modality: Modality
     categories: tuple[str, ...] = Field(min_length=1)
+    # The image-level classes a release gives (pathology, tumour type), in the order `us43d
+    # classify` numbers them; every image of the corpus carries one of them as its `label`, or
+    # null when the release gives it none. Empty: the dataset has no image-level class.
+    classes: tuple[str, ...] = Field(default=(), description="image-level classes, e.g. [benign, malignant]")
     homepage: str | None = None
     citation: Citation = Citation()
     licence: str
@@ -169,6 +173,17 @@ class DatasetEntry(_Strict):
     def _categories_unique(cls, value: tuple[str, ...]) -> tuple[str, ...]:
         if len(set(value)) != len(value):
             raise ValueError("categories must be unique")
+        return value
+
+    @field_validator("classes")
+    @classmethod
+    def _classes_unique(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        if len(set(value)) != len(value):
+            raise ValueError("classes must be unique")
+        if len(value) == 1:
+            raise ValueError("one class is no classification: give at least two, or none")
+        if any(not name.strip() for name in value):
+            raise ValueError("a class name is empty")
         return value
 
     @field_validator("homepage")
