@@ -312,6 +312,26 @@ def test_validation_scores_each_dataset_class_agnostic_on_a_fixed_subset(demo_co
     assert json.loads((tmp_path / "run" / "run.json").read_text())["validation"]["images"] == {"BUS-BRA": 2}
 
 
+@pytest.mark.parametrize("refine", [True, False], ids=["refine", "no-refine"])
+def test_validation_measures_the_way_the_run_trains(demo_corpus: Path, tmp_path: Path, monkeypatch, refine: bool) -> None:
+    """The authors validate a refinement model with the test-time refinement pass and a
+    one-pass model without it: a --no-refine run's mask path is never trained, so scoring
+    through it would choose best.pth by a pass the run does not learn."""
+    from us43d.training.evaluate import Predictor
+
+    used: list[bool] = []
+    original = Predictor.masks
+
+    def spy(self, *args, **kwargs):
+        used.append(args[6])  # masks(embedding, resized, original, points, boxes, use_box, refine, postprocess)
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(Predictor, "masks", spy)
+    train(demo_corpus, tmp_path / "run", tiny_config(iters=1, val_every=1, val_max_images=1, refine=refine))
+    assert used and set(used) == {refine}
+    assert json.loads((tmp_path / "run" / "run.json").read_text())["validation"]["refine"] is refine
+
+
 def test_validation_asked_for_without_val_images_is_refused(tmp_path: Path, demo_corpus: Path) -> None:
     import shutil
 
