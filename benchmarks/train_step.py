@@ -70,11 +70,11 @@ def train_step(settings: dict[str, Any], args: argparse.Namespace) -> dict[str, 
     device = torch.device("cuda" if cuda else "cpu")
     shape = model_config(args.model, args.image_size)
     torch.manual_seed(0)
-    sam = build_model(shape, efficient_attention=settings["attention"] == "sdpa")
+    config = TrainConfig(model=args.model, refine=True)
+    sam = build_model(shape, efficient_attention=settings["attention"] == "sdpa", decoder=config.decoder)
     if settings["checkpointing"]:
         use_activation_checkpointing(sam)
     sam.to(device).train()
-    config = TrainConfig(model=args.model, refine=True)
     step_module = TrainStep(sam, config, device)
     optimizer = torch.optim.AdamW(sam.parameters(), lr=1e-4, weight_decay=1e-4)
     dtype = autocast_dtype(settings["precision"], device)
@@ -154,13 +154,14 @@ def eval_throughput(args: argparse.Namespace) -> dict[str, Any]:
     import torch
 
     from us43d.training.evaluate import Predictor, evaluate
-    from us43d.training.sam import build_model, model_config
+    from us43d.training.sam import DEFAULT_DECODER, build_model, model_config
 
     cuda = torch.cuda.is_available() and not args.smoke
     device = torch.device("cuda" if cuda else "cpu")
     shape = model_config(args.model, args.image_size)
     torch.manual_seed(0)
-    predictor = Predictor(sam=build_model(shape).to(device).eval(), image_size=shape.image_size, device=device)
+    sam = build_model(shape, decoder=DEFAULT_DECODER)
+    predictor = Predictor(sam=sam.to(device).eval(), image_size=shape.image_size, device=device)
     size = (768, 1024) if not args.smoke else (96, 128)
     result: dict[str, Any] = {"images": args.eval_images, "image_size": list(size), "instances_per_image": 3}
     with tempfile.TemporaryDirectory(prefix="us43d-bench-") as folder:

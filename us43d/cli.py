@@ -1045,6 +1045,7 @@ def _demo_training(corpus: Path, run: Path, iters: int, workers: int) -> None:
         workers=0,
         checkpoint_every=iters,
         log_every=10,
+        val_every=0,  # the demo scores its test fold after training; validating too would double its time
         init="none",  # the demo shows the recipe on synthetic data, from random weights
     )
     run_training(corpus, run, settings, console=console)

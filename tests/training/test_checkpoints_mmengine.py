@@ -180,3 +180,17 @@ def test_convert_train_eval_and_predict_read_the_mmengine_file(ultrasam_like, de
     result = runner.invoke(app, ["predict", str(image), "--checkpoint", str(path), "--box", "8,8,40,30", "--out", str(tmp_path)])
     assert result.exit_code == 0, result.output
     assert (tmp_path / "scan.mask.png").is_file()
+
+
+def test_a_torch_without_the_safe_loaders_tools_is_named(tmp_path: Path, monkeypatch) -> None:
+    """Listing a file's globals and giving stand-ins under their names came with PyTorch 2.6;
+    an older torch must be named as the reason, not reported as a damaged file."""
+    path = tmp_path / "sam.pth"
+    torch.save(tiny_weights(), path)
+    monkeypatch.delattr(torch.serialization, "get_unsafe_globals_in_checkpoint")
+    monkeypatch.delattr(torch.serialization, "safe_globals")
+    with pytest.raises(CheckpointError) as refused:
+        read_state_dict(path)
+    message = str(refused.value)
+    assert str(path) in message and "PyTorch 2.6" in message and torch.__version__ in message
+    assert "damaged" not in message and "weights_only" not in message

@@ -296,12 +296,12 @@ def test_validation_scores_each_dataset_class_agnostic_on_a_fixed_subset(demo_co
 
     raw = json.loads((demo_corpus / "coco" / "BUS-BRA" / "val.json").read_text())
     assert len(raw["categories"]) == 2
-    truths = read_val_files(demo_corpus, ["BUS-BRA", "MMOTU-2D"], max_images=1, seed=0)
+    truths, _ = read_val_files(demo_corpus, ["BUS-BRA", "MMOTU-2D"], max_images=1, seed=0)
     assert list(truths) == ["BUS-BRA"]  # a dataset without val images is left out
     subset = truths["BUS-BRA"]
     assert len(subset["images"]) == 1 and subset["categories"] == [{"id": 1, "name": "object", "supercategory": "object"}]
     assert {a["category_id"] for a in subset["annotations"]} == {1}
-    assert read_val_files(demo_corpus, ["BUS-BRA"], max_images=1, seed=0) == truths  # the same subset every time
+    assert read_val_files(demo_corpus, ["BUS-BRA"], max_images=1, seed=0)[0] == truths  # the same subset every time
     output = io.StringIO()
     train(demo_corpus, tmp_path / "run", tiny_config(iters=2, val_every=2), console=Console(file=output, width=300))
     assert "validation: every 2 iterations and at the end, on 2 val images of 1 datasets" in output.getvalue()
@@ -310,6 +310,26 @@ def test_validation_scores_each_dataset_class_agnostic_on_a_fixed_subset(demo_co
     assert set(record["val"]["BUS-BRA"]["box"]) >= {"mAP", "mAP50"}
     assert (tmp_path / "run" / "best.pth").is_file()
     assert json.loads((tmp_path / "run" / "run.json").read_text())["validation"]["images"] == {"BUS-BRA": 2}
+
+
+@pytest.mark.parametrize("refine", [True, False], ids=["refine", "no-refine"])
+def test_validation_measures_the_way_the_run_trains(demo_corpus: Path, tmp_path: Path, monkeypatch, refine: bool) -> None:
+    """The authors validate a refinement model with the test-time refinement pass and a
+    one-pass model without it: a --no-refine run's mask path is never trained, so scoring
+    through it would choose best.pth by a pass the run does not learn."""
+    from us43d.training.evaluate import Predictor
+
+    used: list[bool] = []
+    original = Predictor.masks
+
+    def spy(self, *args, **kwargs):
+        used.append(args[6])  # masks(embedding, resized, original, points, boxes, use_box, refine, postprocess)
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(Predictor, "masks", spy)
+    train(demo_corpus, tmp_path / "run", tiny_config(iters=1, val_every=1, val_max_images=1, refine=refine))
+    assert used and set(used) == {refine}
+    assert json.loads((tmp_path / "run" / "run.json").read_text())["validation"]["refine"] is refine
 
 
 def test_validation_asked_for_without_val_images_is_refused(tmp_path: Path, demo_corpus: Path) -> None:

@@ -169,6 +169,10 @@ def _mmdet_names_to_sam(state: Mapping[str, torch.Tensor]) -> StateDict:
 # Packages whose objects may appear in a checkpoint's metadata and are replaced by stand-ins.
 STAND_IN_PACKAGES = ("mmengine", "numpy")
 MAX_LEGACY_STAND_INS = 32
+# Listing a file's globals, and allowing an object under a name of the file's choosing, came
+# with PyTorch 2.6; without them the loader cannot tell a damaged file from a foreign one.
+SAFE_LOADER_TOOLS = ("get_unsafe_globals_in_checkpoint", "safe_globals")
+SAFE_LOADER_TORCH = "2.6"
 
 
 class MetadataStandIn:
@@ -210,6 +214,11 @@ def load_untrusted(path: Path, missing: str) -> Any:
         raise CheckpointError(f"checkpoint {path} is a folder, not a checkpoint file")
     if not path.is_file():
         raise CheckpointError(missing)
+    if not all(hasattr(torch.serialization, tool) for tool in SAFE_LOADER_TOOLS):
+        raise CheckpointError(
+            f"cannot read checkpoint {path}: reading checkpoints safely needs PyTorch {SAFE_LOADER_TORCH} or newer "
+            f"(this is {torch.__version__}): upgrade torch"
+        )
     listed = named_globals(path)
     named = list(listed or [])
     refused = [name for name in named if not _stands_in(name)]

@@ -747,7 +747,11 @@ def _train(
         persistent_workers=config.workers > 0,
         prefetch_factor=2 if config.workers > 0 else None,
     )
-    validator = Validator(val_images, truths, shape.image_size, ctx.rank, ctx.world) if config.val_every and val_images else None
+    validator = (
+        Validator.for_run(val_images, truths, shape.image_size, config.refine, ctx.rank, ctx.world)
+        if config.val_every and val_images
+        else None
+    )
     run.mkdir(parents=True, exist_ok=True)
     warmup, milestones = schedule(config)
     summary: dict[str, Any] = {
@@ -766,7 +770,14 @@ def _train(
             "derived_from_iters": sorted({"warmup_iters", "milestones", "val_every"} & derived),
         },
         "validation": (
-            {"every": config.val_every, "images": validator.image_counts, "prompts": ["point", "box"], "class_agnostic": True}
+            {
+                "every": config.val_every,
+                "images": validator.image_counts,
+                "prompts": ["point", "box"],
+                "class_agnostic": True,
+                "refine": validator.protocol.refine,
+                "postprocess": validator.protocol.postprocess,
+            }
             if validator
             else None
         ),
@@ -796,7 +807,8 @@ def _train(
                     f"validation: every {'iteration' if config.val_every == 1 else f'{config.val_every:,} iterations'}"
                     " and at the end, on "
                     f"{sum(validator.image_counts.values())} val images of {len(validator.datasets)} datasets "
-                    "(class-agnostic, point and box prompts); the best mean mAP is kept in best.pth"
+                    f"(class-agnostic, point and box prompts, refinement {'on' if validator.protocol.refine else 'off'}); "
+                    "the best mean mAP is kept in best.pth"
                 )
             for note in notes:
                 console.print(note)

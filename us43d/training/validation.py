@@ -2,8 +2,10 @@
 
 The authors validate every 5,000 of 30,000 iterations and keep the checkpoint with the best
 validation segm mAP (recipe sheet, section 5). Scoring goes through `evaluate.score_truths`, the
-same code as `us43d eval`, under the default (authors') protocol, on the val ground truth read
-once at the start (class-agnostic, optionally a fixed seeded subset of images).
+same code as `us43d eval`, under the authors' protocol, on the val ground truth read once at
+the start (class-agnostic, optionally a fixed seeded subset of images). The refinement pass
+follows the run: the authors' refinement configs validate with it, their one-pass configs
+without it (a --no-refine run never trains the mask-prompt path that pass goes through).
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from typing import Any
 import torch
 
 from us43d.errors import CorpusError
+from us43d.training.protocol import DEFAULT_PROTOCOL, Protocol
 from us43d.training.sources import FolderImages, ImageSource, is_webdataset
 
 PROMPTS = ("point", "box")
@@ -100,6 +103,14 @@ class Validator:
     image_size: int
     rank: int = 0
     world: int = 1
+    protocol: Protocol = DEFAULT_PROTOCOL
+
+    @classmethod
+    def for_run(
+        cls, images: ImageSource, truths: dict[str, dict[str, Any]], image_size: int, refine: bool, rank: int, world: int
+    ) -> Validator:
+        """The validator of a run: the authors' protocol, with refinement as the run trains."""
+        return cls(images, truths, image_size, rank, world, DEFAULT_PROTOCOL.with_settings(refine=refine))
 
     @property
     def datasets(self) -> list[str]:
@@ -132,7 +143,7 @@ class Validator:
             if mine:
                 predictor = Predictor(sam=sam, image_size=self.image_size, device=device)
                 truths = {d: self.truths[d] for d in mine}
-                table = score_truths(predictor, self.images, truths, PROMPTS)
+                table = score_truths(predictor, self.images, truths, PROMPTS, self.protocol)
         finally:
             sam.train(was_training)
         if self.world > 1:
