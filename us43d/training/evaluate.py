@@ -25,6 +25,7 @@ from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
+from us43d.corpus.writers import AGNOSTIC_CATEGORY
 from us43d.errors import CorpusError, Us43dError
 from us43d.training import engine
 from us43d.training.data import prepare_image, resized_shape
@@ -128,7 +129,7 @@ def centroid(mask: np.ndarray) -> np.ndarray:
 def merge_categories(ground_truth: dict[str, Any]) -> dict[str, Any]:
     """The same file with every category merged into one (id 1), as the authors score."""
     annotations = [{**a, "category_id": 1} for a in ground_truth["annotations"]]
-    return {**ground_truth, "annotations": annotations, "categories": [{"id": 1, "name": "object", "supercategory": "object"}]}
+    return {**ground_truth, "annotations": annotations, "categories": [dict(AGNOSTIC_CATEGORY)]}
 
 
 def coco_map(

@@ -19,11 +19,9 @@ from typing import Any
 import torch
 
 from us43d.errors import CorpusError
+from us43d.training.evaluate import PROMPTS, merge_categories
 from us43d.training.protocol import DEFAULT_PROTOCOL, Protocol
 from us43d.training.sources import FolderImages, ImageSource, is_webdataset
-
-PROMPTS = ("point", "box")
-AGNOSTIC = [{"id": 1, "name": "object", "supercategory": "object"}]
 
 
 @dataclass
@@ -62,8 +60,8 @@ def agnostic_subset(ground_truth: dict[str, Any], max_images: int | None, seed: 
         images = sorted(images, key=lambda i: _order_key(seed, str(i["file_name"])))[:max_images]
         images.sort(key=lambda i: str(i["file_name"]))
     kept = {i["id"] for i in images}
-    annotations = [{**a, "category_id": 1} for a in ground_truth["annotations"] if a["image_id"] in kept]
-    return {"images": images, "annotations": annotations, "categories": AGNOSTIC}
+    annotations = [a for a in ground_truth["annotations"] if a["image_id"] in kept]
+    return merge_categories({"images": images, "annotations": annotations, "categories": ground_truth["categories"]})
 
 
 def read_val_files(
