@@ -31,6 +31,7 @@ import pyarrow.parquet as pq
 import yaml
 
 from us43d.corpus.records import SPLITS
+from us43d.corpus.writers import IMAGE_SCHEMA
 from us43d.errors import CorpusError
 from us43d.registry.loader import Registry
 
@@ -383,13 +384,7 @@ def dataset_card(exported: Sequence[ExportedDataset], registry: Registry) -> str
 
 INDEX_SCHEMA = pa.schema(
     [
-        ("image_id", pa.int64()),
-        ("dataset", pa.string()),
-        ("organ", pa.string()),
-        ("split", pa.string()),
-        ("file_name", pa.string()),
-        ("width", pa.int32()),
-        ("height", pa.int32()),
+        *(IMAGE_SCHEMA.field(name) for name in ("image_id", "dataset", "organ", "split", "file_name", "width", "height")),
         ("shard", pa.string()),
         ("offset", pa.int64()),  # where the PNG's bytes start in the shard
         ("size", pa.int64()),
