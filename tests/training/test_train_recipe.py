@@ -304,7 +304,7 @@ def test_validation_scores_each_dataset_class_agnostic_on_a_fixed_subset(demo_co
     assert read_val_files(demo_corpus, ["BUS-BRA"], max_images=1, seed=0)[0] == truths  # the same subset every time
     output = io.StringIO()
     train(demo_corpus, tmp_path / "run", tiny_config(iters=2, val_every=2), console=Console(file=output, width=300))
-    assert "validation: every 2 iterations and at the end, on 2 val images of 1 datasets" in output.getvalue()
+    assert "validation: every 2 iterations and at the end, on 2 val images of 1 dataset (" in output.getvalue()
     record = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()][-1]
     assert record["step"] == 2 and set(record["val"]["BUS-BRA"]) == {"point", "box"}
     assert set(record["val"]["BUS-BRA"]["box"]) >= {"mAP", "mAP50"}

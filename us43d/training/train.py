@@ -806,7 +806,8 @@ def _train(
                 console.print(
                     f"validation: every {'iteration' if config.val_every == 1 else f'{config.val_every:,} iterations'}"
                     " and at the end, on "
-                    f"{sum(validator.image_counts.values())} val images of {len(validator.datasets)} datasets "
+                    f"{sum(validator.image_counts.values())} val images of {len(validator.datasets)} "
+                    f"dataset{'' if len(validator.datasets) == 1 else 's'} "
                     f"(class-agnostic, point and box prompts, refinement {'on' if validator.protocol.refine else 'off'}); "
                     "the best mean mAP is kept in best.pth"
                 )
