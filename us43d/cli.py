@@ -519,6 +519,10 @@ def train(
     boundary_loss_weight: Annotated[
         float | None, typer.Option(help="Weight of SAMUSA's boundary loss (default: 2 with boundary prompts, else 0).")
     ] = None,
+    boundary_loss_form: Annotated[
+        str | None,
+        typer.Option(help="edge (default: the blurred mask's boundary-ness at the clicks) or literal (exp(-sum G_I G_P))."),
+    ] = None,
 ) -> None:
     """Fine-tune SAM on the corpus with the UltraSam recipe (torchrun for several GPUs).
 
@@ -559,6 +563,7 @@ def train(
         "boundary_click_images": boundary_click_images,
         "boundary_max_clicks": boundary_max_clicks,
         "boundary_loss_weight": boundary_loss_weight,
+        "boundary_loss_form": boundary_loss_form,
         "exclude": tuple(exclude.split(",")) if exclude else None,
         "datasets": tuple(datasets.split(",")) if datasets else None,
         "init": str(init) if init else None,

@@ -187,6 +187,24 @@ def test_the_loss_falls_as_the_predicted_boundary_reaches_the_clicks_and_rises_p
     assert np.exp(-1) <= min(losses) and max(losses) <= 1
 
 
+def test_the_literal_form_is_the_stated_formula_and_is_chosen_by_the_run() -> None:
+    heatmap = ring_heatmap(radius=30)
+    logits = disc_logits(24)
+    by_hand = torch.exp(-(blurred(torch.sigmoid(logits)) * heatmap).sum())
+    torch.testing.assert_close(boundary_loss(logits, heatmap, "literal"), by_hand[None])
+    assert not torch.allclose(boundary_loss(logits, heatmap, "literal"), boundary_loss(logits, heatmap))
+    # mask_losses takes the form given to it, on the chosen mask
+    chosen, targets = logits[None].expand(1, 3, -1, -1).clone(), (logits > 0).float()
+    rows, ious = torch.tensor([0]), torch.ones(1, 3)
+    edge = mask_losses(chosen, ious, targets, boundary=(rows, heatmap), boundary_weight=2.0)
+    literal = mask_losses(chosen, ious, targets, boundary=(rows, heatmap), boundary_weight=2.0, boundary_form="literal")
+    torch.testing.assert_close(literal.boundary, by_hand)
+    torch.testing.assert_close(edge.boundary, boundary_loss(logits, heatmap)[0])
+    assert TrainConfig(model="tiny", prompt="boundary", boundary_loss_form="literal").boundary_loss_form == "literal"
+    with pytest.raises(Us43dError, match="boundary_loss_form"):
+        TrainConfig.from_dict({"model": "tiny", "boundary_loss_form": "gaussian"})
+
+
 def test_the_loss_sends_gradients_to_the_logits_and_through_the_chosen_mask() -> None:
     heatmap = ring_heatmap(radius=30)
     logits = disc_logits(18).requires_grad_(True)

@@ -81,6 +81,7 @@ def mask_losses(
     iou_loss: str = "mse",
     boundary: tuple[torch.Tensor, torch.Tensor] | None = None,
     boundary_weight: float = 0.0,
+    boundary_form: str = "edge",
 ) -> LossParts:
     """`logits` (N, M, h, w), `iou_predictions` (N, M), `targets` (N, h, w) in {0, 1};
     `boundary`, when given, is (rows, heatmaps): the instances with boundary clicks and their
@@ -105,5 +106,5 @@ def mask_losses(
     iou = F.l1_loss(predicted, actual) if iou_loss == "l1" else F.mse_loss(predicted, actual)
     edge = None
     if boundary is not None and len(boundary[0]):
-        edge = boundary_loss(best[boundary[0]], boundary[1]).mean()
+        edge = boundary_loss(best[boundary[0]], boundary[1], boundary_form).mean()
     return LossParts(focal, dice, iou, edge, boundary_weight)

@@ -130,6 +130,7 @@ class TrainConfig:
     boundary_max_clicks: Annotated[int, Field(ge=2)] = 10  # those images get 2..this many clicks
     # SAMUSA's lambda; None: 2 with boundary prompts, else 0
     boundary_loss_weight: Annotated[float, Field(ge=0, allow_inf_nan=False)] | None = None
+    boundary_loss_form: Literal["edge", "literal"] = "edge"  # boundary_loss.BOUNDARY_LOSS_FORMS
     init: str | None = None  # a checkpoint, or "none" for random weights; None (not given) is refused
 
     @classmethod
@@ -442,6 +443,7 @@ def step_losses(sam: torch.nn.Module, batch: dict[str, Any], config: TrainConfig
             config.iou_loss,
             boundary,
             boundary_weight(config),
+            config.boundary_loss_form,
         )
         total = parts if total is None else total + parts
     assert total is not None
