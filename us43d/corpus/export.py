@@ -36,6 +36,7 @@ from us43d.errors import CorpusError
 from us43d.registry.loader import Registry
 
 MARK = ".us43d-export"
+INDEX = "index.parquet"  # of a webdataset export; training reads the shards through it (training/sources.py)
 HF_SHARD_BYTES = 500 * 2**20
 WEBDATASET_SHARD_BYTES = 2**30
 ROW_GROUP_BYTES = 64 * 2**20  # what one Parquet shard holds in memory before writing it out
@@ -194,6 +195,12 @@ def claim(target: Path) -> None:
 
 # --- Hugging Face ---------------------------------------------------------------------------
 
+
+def _image_fields(*names: str) -> list[pa.Field]:
+    """Columns of the corpus's own image table, so an export types them as the corpus does."""
+    return [IMAGE_SCHEMA.field(name) for name in names]
+
+
 OBJECT_TYPE = pa.struct(
     [
         ("category", pa.string()),
@@ -206,16 +213,7 @@ OBJECT_TYPE = pa.struct(
 HF_SCHEMA = pa.schema(
     [
         ("image", pa.struct([("bytes", pa.binary()), ("path", pa.string())])),
-        ("image_id", pa.int64()),
-        ("dataset", pa.string()),
-        ("organ", pa.string()),
-        ("file_name", pa.string()),
-        ("width", pa.int32()),
-        ("height", pa.int32()),
-        ("source_file", pa.string()),
-        ("frame", pa.int32()),
-        ("group", pa.string()),
-        ("label", pa.string()),
+        *_image_fields("image_id", "dataset", "organ", "file_name", "width", "height", "source_file", "frame", "group", "label"),
         ("objects", pa.list_(OBJECT_TYPE)),
     ]
 )
@@ -384,7 +382,7 @@ def dataset_card(exported: Sequence[ExportedDataset], registry: Registry) -> str
 
 INDEX_SCHEMA = pa.schema(
     [
-        *(IMAGE_SCHEMA.field(name) for name in ("image_id", "dataset", "organ", "split", "file_name", "width", "height")),
+        *_image_fields("image_id", "dataset", "organ", "split", "file_name", "width", "height"),
         ("shard", pa.string()),
         ("offset", pa.int64()),  # where the PNG's bytes start in the shard
         ("size", pa.int64()),
@@ -419,6 +417,10 @@ class _RowGroups:
         os.replace(self.path.with_name(f".{self.path.name}.tmp"), self.path)
 
 
+def shard_name(split: str, number: int) -> str:
+    return f"{split}-{number:06d}.tar"
+
+
 class TarShard:
     """A plain tar file written member by member. tarfile keeps every member it wrote in memory;
     this keeps nothing, and knows where each member's data starts. Members have fixed metadata,
@@ -451,7 +453,7 @@ def export_webdataset(
     out: Path, target: Path, chosen: Sequence[str], registry: Registry, shard_bytes: int = WEBDATASET_SHARD_BYTES
 ) -> list[ExportedDataset]:
     claim(target)
-    index = _RowGroups(target / "index.parquet", INDEX_SCHEMA)
+    index = _RowGroups(target / INDEX, INDEX_SCHEMA)
     counts: dict[str, dict[str, int]] = defaultdict(dict)
     for split in SPLITS:
         number, archive = 0, None
@@ -460,7 +462,7 @@ def export_webdataset(
                 if archive is None or archive.size >= shard_bytes:
                     if archive is not None:
                         archive.close()
-                    archive = TarShard(target / f"{split}-{number:06d}.tar")
+                    archive = TarShard(target / shard_name(split, number))
                     number += 1
                 data = _png(sample)
                 key = f"{sample.image_id:014x}"

@@ -20,11 +20,11 @@ from typing import Protocol
 import numpy as np
 from PIL import Image
 
+from us43d.corpus.export import INDEX, MARK
+from us43d.corpus.records import SPLITS
 from us43d.errors import CorpusError
 
-INDEX = "index.parquet"
-EXPORT_MARK = ".us43d-export"  # corpus/export.py's MARK; kept here so training needs no pyarrow writer
-SHARD_NAME = re.compile(r"(train|val|test)-\d{6}\.tar")
+SHARD_NAME = re.compile(rf"({'|'.join(SPLITS)})-\d{{6}}\.tar")  # as export.shard_name writes them
 
 
 class ImageSource(Protocol):
@@ -93,7 +93,7 @@ class ShardImages:
 
 def is_webdataset(folder: Path) -> bool:
     """An export folder of ours (its mark and index), rather than a built corpus."""
-    return (folder / INDEX).is_file() and (folder / EXPORT_MARK).is_file() and not (folder / "parquet").is_dir()
+    return (folder / INDEX).is_file() and (folder / MARK).is_file() and not (folder / "parquet").is_dir()
 
 
 def shard_places(folder: Path, rows: Iterable[tuple[str, str, int, int, int, int]]) -> dict[str, ShardPlace]:
