@@ -49,10 +49,15 @@ class SplitRecord:
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """`path` holds either its old content or all of `data`; a failed write leaves no temporary file."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
+    try:
+        tmp.write_bytes(data)
+        os.replace(tmp, path)
+    except OSError:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 @contextmanager

@@ -22,9 +22,9 @@ from __future__ import annotations
 
 import copy
 import hashlib
+import io
 import json
 import math
-import os
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -36,6 +36,7 @@ from torch import nn
 
 from us43d.corpus.output import STATE_DIR
 from us43d.corpus.records import STATE_VERSION
+from us43d.corpus.writers import atomic_write_bytes
 from us43d.errors import CorpusError, Us43dError, os_error_text
 from us43d.registry.schema import ID_PATTERN
 from us43d.training import engine
@@ -43,6 +44,7 @@ from us43d.training.class_metrics import macro_scores
 from us43d.training.data import prepare_image, read_rgb
 from us43d.training.evaluate import read_ground_truth
 from us43d.training.losses import focal_map
+from us43d.training.train import RUN_FILES, warmup_decay
 
 PAPER_DATASETS = ("BUS-BRA", "MMOTU-2D", "GIST514-DB")
 MODES = ("probe", "finetune")
@@ -56,7 +58,6 @@ CLASSIFIED = {
 FEATURE_VERSION = 1
 RUN_MARKER = ".us43d-classify"  # in a folder a classify run made: only there does a rerun write
 RUN_OUTPUTS = ("scores.json", "features")
-TRAINING_RUN_FILES = ("checkpoint.pt", "model.pth", "metrics.jsonl", "run.json")
 # The recipe's schedule at 2000 iterations, kept in proportion at any length.
 WARMUP_SHARE, MILESTONE_SHARE, WARMUP_START, DECAY = 500 / 2000, 1600 / 2000, 0.001, 0.1
 
@@ -278,14 +279,11 @@ class FeatureCache:
         return value
 
     def store(self, path: Path, value: np.ndarray) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+        buffer = io.BytesIO()
+        np.save(buffer, value.astype(np.float32), allow_pickle=False)
         try:
-            with open(tmp, "wb") as handle:
-                np.save(handle, value.astype(np.float32), allow_pickle=False)
-            os.replace(tmp, path)
+            atomic_write_bytes(path, buffer.getvalue())
         except OSError as exc:
-            tmp.unlink(missing_ok=True)
             raise Us43dError(f"cannot write the feature cache {path}: {os_error_text(exc)}") from None
 
 
@@ -313,8 +311,7 @@ def cached_features(
 def lr_factor(step: int, iters: int) -> float:
     """The recipe's schedule, scaled to `iters`: linear warm-up, then one tenfold cut."""
     warmup, milestone = round(iters * WARMUP_SHARE), round(iters * MILESTONE_SHARE)
-    factor = WARMUP_START + (1 - WARMUP_START) * min(step, warmup) / warmup if warmup else 1.0
-    return factor * (DECAY if step >= milestone else 1.0)
+    return warmup_decay(step, warmup, (milestone,), WARMUP_START, DECAY)
 
 
 def focal_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -493,7 +490,7 @@ def check_run_folder(run: Path) -> None:
     if run.exists() and not run.is_dir():
         raise Us43dError(f"--out {run} is a file, not a run folder")
     if run.is_dir() and not (run / RUN_MARKER).is_file():
-        if any((run / name).exists() for name in TRAINING_RUN_FILES):
+        if any((run / name).exists() for name in RUN_FILES):
             raise Us43dError(f"--out {run} holds a training run: classify into another folder")
         if any(run.iterdir()):
             raise Us43dError(f"--out {run} is not empty and was not made by `us43d classify`: give a new or empty folder")

@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 import os
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field, fields, replace
 from functools import partial
@@ -240,13 +240,17 @@ def val_every(config: TrainConfig) -> int:
 
 
 def lr_factor(step: int, config: TrainConfig) -> float:
-    """Linear warm-up from warmup_factor to 1 over the first iterations, then x gamma at each milestone."""
     warmup, milestones = schedule(config)
+    return warmup_decay(step, warmup, milestones, config.warmup_factor, config.gamma)
+
+
+def warmup_decay(step: int, warmup: int, milestones: Sequence[int], warmup_factor: float, gamma: float) -> float:
+    """Linear warm-up from warmup_factor to 1 over the first iterations, then x gamma at each
+    milestone: the schedule of the segmentation recipe and of the classification one."""
     warm = 1.0
     if step < warmup:
-        warm = config.warmup_factor + (1 - config.warmup_factor) * step / warmup
-    decay = config.gamma ** sum(step >= m for m in milestones)
-    return warm * decay
+        warm = warmup_factor + (1 - warmup_factor) * step / warmup
+    return warm * gamma ** sum(step >= m for m in milestones)
 
 
 def boundary_weight(config: TrainConfig) -> float:
