@@ -13,7 +13,7 @@ from __future__ import annotations
 import contextlib
 import io
 import json
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -208,6 +208,23 @@ def _gt_mask(annotation: dict[str, Any], height: int, width: int) -> np.ndarray:
 Predict = Callable[[np.ndarray, np.ndarray, np.ndarray, Sequence[str]], dict[str, tuple[np.ndarray, np.ndarray]]]
 
 
+def annotated_images(
+    ground_truth: dict[str, Any], images: Path | ImageSource, progress: Callable[[], None] | None = None
+) -> Iterator[tuple[int, dict[str, Any], list[dict[str, Any]], np.ndarray]]:
+    """(position in the file, image entry, its annotations, its pixels) for each image that has
+    instances, each image read once; `progress` is called for every image of the file."""
+    source = FolderImages(images) if isinstance(images, Path) else images
+    by_image: dict[Any, list[dict[str, Any]]] = {}
+    for annotation in ground_truth["annotations"]:
+        by_image.setdefault(annotation["image_id"], []).append(annotation)
+    for position, image in enumerate(ground_truth["images"]):
+        annotations = by_image.get(image["id"], [])
+        if progress:
+            progress()
+        if annotations:
+            yield position, image, annotations, source.read(image["file_name"])
+
+
 def predict_dataset(
     ground_truth: dict[str, Any],
     images: Path | ImageSource,
@@ -219,27 +236,17 @@ def predict_dataset(
 
     `predict(rgb, points, boxes, prompts)` returns {prompt: (masks, scores)} at the original size.
     """
-    source = FolderImages(images) if isinstance(images, Path) else images
-    by_image: dict[Any, list[dict[str, Any]]] = {}
-    for annotation in ground_truth["annotations"]:
-        by_image.setdefault(annotation["image_id"], []).append(annotation)
     results: dict[str, list[dict[str, Any]]] = {prompt: [] for prompt in prompts}
-    for image in ground_truth["images"]:
-        annotations = by_image.get(image["id"], [])
-        if progress:
-            progress()
-        if not annotations:
-            continue
-        rgb = source.read(image["file_name"])
+    for _, image, instances, rgb in annotated_images(ground_truth, images, progress):
         height, width = rgb.shape[:2]
-        truth = [_gt_mask(a, height, width) for a in annotations]
+        truth = [_gt_mask(a, height, width) for a in instances]
         points = np.stack([centroid(m) for m in truth])
         boxes = np.array(
-            [[a["bbox"][0], a["bbox"][1], a["bbox"][0] + a["bbox"][2], a["bbox"][1] + a["bbox"][3]] for a in annotations],
+            [[a["bbox"][0], a["bbox"][1], a["bbox"][0] + a["bbox"][2], a["bbox"][1] + a["bbox"][3]] for a in instances],
             dtype=np.float64,
         )
         for prompt, (masks, scores) in predict(rgb, points, boxes, prompts).items():
-            for annotation, mask, score in zip(annotations, masks, scores):
+            for annotation, mask, score in zip(instances, masks, scores):
                 rle = mask_utils.encode(np.asfortranarray(mask.astype(np.uint8)))
                 rle["counts"] = rle["counts"].decode("ascii")
                 results[prompt].append(
@@ -330,11 +337,18 @@ def evaluate(
     instance (a fast subset; the number is then not the split's)."""
     if refine is not None:
         protocol = protocol.with_settings(refine=refine)
+    truths = split_ground_truths(corpus, datasets, split, protocol, max_images)
+    return score_truths(predictor, corpus / "images", truths, prompts, protocol, progress)
+
+
+def split_ground_truths(
+    corpus: Path, datasets: Sequence[str], split: str, protocol: Protocol, max_images: int | None
+) -> dict[str, dict[str, Any]]:
+    """{dataset: what the protocol scores against} on one split; every file is found before any is read."""
     if max_images is not None and max_images < 1:
         raise Us43dError(f"max_images must be at least 1, got {max_images}")
     paths = {d: split_file(corpus, d, split) for d in datasets}
-    truths = {d: evaluation_ground_truth(read_ground_truth(path), d, split, protocol, max_images) for d, path in paths.items()}
-    return score_truths(predictor, corpus / "images", truths, prompts, protocol, progress)
+    return {d: evaluation_ground_truth(read_ground_truth(path), d, split, protocol, max_images) for d, path in paths.items()}
 
 
 def score_truths(

@@ -26,18 +26,10 @@ import numpy as np
 import torch
 from scipy import ndimage
 
-from us43d.errors import CorpusError, Us43dError
+from us43d.errors import Us43dError
 from us43d.training import engine
 from us43d.training.boundary import first_boundary_points, next_boundary_point
-from us43d.training.data import read_rgb
-from us43d.training.evaluate import (
-    Predictor,
-    _gt_mask,
-    evaluation_ground_truth,
-    read_ground_truth,
-    split_file,
-    to_original,
-)
+from us43d.training.evaluate import Predictor, _gt_mask, annotated_images, split_ground_truths, to_original
 from us43d.training.protocol import Protocol
 
 CLICK_MODES = ("region", "boundary")
@@ -245,21 +237,11 @@ def score_clicks(
 
     The first boundary point of each instance comes from a generator seeded with (seed, image
     position, instance position), so an instance gets the same clicks whatever else is scored."""
-    by_image: dict[Any, list[dict[str, Any]]] = {}
-    for annotation in ground_truth["annotations"]:
-        by_image.setdefault(annotation["image_id"], []).append(annotation)
     dice_rows, iou_rows, skipped = [], [], 0
-    for position, image in enumerate(ground_truth["images"]):
-        annotations = by_image.get(image["id"], [])
-        if not annotations:
-            continue
-        path = image_root / image["file_name"]
-        if not path.is_file():
-            raise CorpusError(f"image {path} is missing")
-        rgb = read_rgb(path)
+    for position, _, instances, rgb in annotated_images(ground_truth, image_root):
         height, width = rgb.shape[:2]
         truths, rngs = [], []
-        for index, annotation in enumerate(annotations):
+        for index, annotation in enumerate(instances):
             truth = _gt_mask(annotation, height, width)
             if not truth.any():
                 skipped += 1
@@ -298,10 +280,7 @@ def evaluate_clicks(
     check_mode(mode)
     if not 1 <= rounds <= MAX_CLICKS:
         raise Us43dError(f"the number of clicks must be from 1 to {MAX_CLICKS}, got {rounds}")
-    if max_images is not None and max_images < 1:
-        raise Us43dError(f"max_images must be at least 1, got {max_images}")
-    paths = {d: split_file(corpus, d, split) for d in datasets}
-    truths = {d: evaluation_ground_truth(read_ground_truth(p), d, split, protocol, max_images) for d, p in paths.items()}
+    truths = split_ground_truths(corpus, datasets, split, protocol, max_images)
     label, _ = boundary_label_of(predictor.sam)
 
     def open_image(rgb: np.ndarray) -> Decide:
