@@ -26,6 +26,17 @@ def demo_corpus(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root / "corpus"
 
 
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Untrained tiny weights: enough to run predict, eval or classify, no training needed."""
+    from us43d.training.sam import build_model, model_config
+
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("weights") / "tiny.pth"
+    torch.save(build_model(model_config("tiny")).state_dict(), path)
+    return path
+
+
 def tiny_config(**changes):
     from us43d.training.train import TrainConfig
 

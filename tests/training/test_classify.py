@@ -21,14 +21,6 @@ BUS_BRA = ("benign", "malignant")
 
 
 @pytest.fixture(scope="module")
-def tiny_weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("weights") / "tiny.pth"
-    torch.save(build_model(model_config("tiny")).state_dict(), path)
-    return path
-
-
-@pytest.fixture(scope="module")
 def separable_corpus(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Synthetic BUS-BRA whose pathology shows (shadowing or enhancement behind the lesion)."""
     from helpers import build
@@ -101,7 +93,7 @@ def test_features_are_averaged_encoder_tokens_or_decoder_tokens_that_see_the_box
 
 
 def test_probe_beats_chance_on_a_separable_set_and_reuses_its_features(
-    separable_corpus: Path, tiny_weights: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    separable_corpus: Path, tiny_checkpoint: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     run = tmp_path / "run"
     calls = {"n": 0}
@@ -112,7 +104,7 @@ def test_probe_beats_chance_on_a_separable_set_and_reuses_its_features(
         return encode(*args, **kwargs)
 
     monkeypatch.setattr(classify_module, "_encode", counted)
-    first = classify(separable_corpus, run, tiny_weights, ["BUS-BRA"], probe())
+    first = classify(separable_corpus, run, tiny_checkpoint, ["BUS-BRA"], probe())
     scores = first["scores"]["BUS-BRA"]
     test_count = scores["images"]["test"]
     majority = max(s["support"] for s in scores["per_class"].values()) / test_count
@@ -124,38 +116,38 @@ def test_probe_beats_chance_on_a_separable_set_and_reuses_its_features(
     assert saved["scores"]["BUS-BRA"]["f1"] == scores["f1"] and saved["settings"]["mode"] == "probe"
 
     calls["n"] = 0
-    again = classify(separable_corpus, run, tiny_weights, ["BUS-BRA"], probe())
+    again = classify(separable_corpus, run, tiny_checkpoint, ["BUS-BRA"], probe())
     assert calls["n"] == 0 and again["scores"]["BUS-BRA"]["features_computed"] == 0
     assert classifier_of(again) == classifier_of(first)  # the same features, seed and schedule: the same classifier
 
     # a damaged cache file is computed again, not trusted
     victim = next((run / "features").rglob("*.npy"))
     victim.write_bytes(b"not an array")
-    third = classify(separable_corpus, run, tiny_weights, ["BUS-BRA"], probe())
+    third = classify(separable_corpus, run, tiny_checkpoint, ["BUS-BRA"], probe())
     assert third["scores"]["BUS-BRA"]["features_computed"] == 1
     assert np.load(victim, allow_pickle=False).shape == (64,)
 
 
-def test_the_cache_is_keyed_by_the_checkpoint_and_the_variant(demo_corpus: Path, tiny_weights: Path, tmp_path: Path) -> None:
+def test_the_cache_is_keyed_by_the_checkpoint_and_the_variant(demo_corpus: Path, tiny_checkpoint: Path, tmp_path: Path) -> None:
     run = tmp_path / "run"
-    images = classify(demo_corpus, run, tiny_weights, ["BUS-BRA"], probe(iters=2))["scores"]["BUS-BRA"]["images"]
+    images = classify(demo_corpus, run, tiny_checkpoint, ["BUS-BRA"], probe(iters=2))["scores"]["BUS-BRA"]["images"]
     total = sum(images.values())
     other = tmp_path / "other.pth"
     torch.manual_seed(1)
     torch.save(build_model(model_config("tiny")).state_dict(), other)
     assert classify(demo_corpus, run, other, ["BUS-BRA"], probe(iters=2))["scores"]["BUS-BRA"]["features_computed"] == total
-    prompted = classify(demo_corpus, run, tiny_weights, ["BUS-BRA"], probe(iters=2, variant="prompted"))
+    prompted = classify(demo_corpus, run, tiny_checkpoint, ["BUS-BRA"], probe(iters=2, variant="prompted"))
     assert prompted["scores"]["BUS-BRA"]["features_computed"] == total
     assert classify(demo_corpus, run, other, ["BUS-BRA"], probe(iters=2))["scores"]["BUS-BRA"]["features_computed"] == 0
     assert len(list((run / "features").iterdir())) == 3
 
 
-def test_finetuning_trains_the_encoder_in_both_variants(demo_corpus: Path, tiny_weights: Path, tmp_path: Path) -> None:
-    start = torch.load(tiny_weights, weights_only=True)
+def test_finetuning_trains_the_encoder_in_both_variants(demo_corpus: Path, tiny_checkpoint: Path, tmp_path: Path) -> None:
+    start = torch.load(tiny_checkpoint, weights_only=True)
     for variant in ("image", "prompted"):
         run = tmp_path / variant
         config = ClassifyConfig(mode="finetune", variant=variant, iters=2, batch_size=2, lr=1e-3)
-        document = classify(demo_corpus, run, tiny_weights, ["BUS-BRA"], config)
+        document = classify(demo_corpus, run, tiny_checkpoint, ["BUS-BRA"], config)
         scores = document["scores"]["BUS-BRA"]
         assert 0 <= scores["f1"] <= 1 and scores["classes"] == list(BUS_BRA)
         assert not (run / "features").exists()  # only the probe caches
@@ -165,11 +157,11 @@ def test_finetuning_trains_the_encoder_in_both_variants(demo_corpus: Path, tiny_
         assert weights["head.weight"].shape == ((2, 64) if variant == "image" else (2, 32))
 
 
-def test_cli_prints_table_2_layout_and_writes_json(demo_corpus: Path, tiny_weights: Path, tmp_path: Path) -> None:
+def test_cli_prints_table_2_layout_and_writes_json(demo_corpus: Path, tiny_checkpoint: Path, tmp_path: Path) -> None:
     out = tmp_path / "table.json"
     result = invoke(
         "classify",
-        *("--checkpoint", str(tiny_weights), "--corpus", str(demo_corpus), "--out", str(tmp_path / "run")),
+        *("--checkpoint", str(tiny_checkpoint), "--corpus", str(demo_corpus), "--out", str(tmp_path / "run")),
         *("--datasets", "bus-bra", "--mode", "probe", "--iters", "20", "--lr", "0.01", "--json", str(out)),
     )
     assert result.exit_code == 0, result.output
@@ -179,8 +171,8 @@ def test_cli_prints_table_2_layout_and_writes_json(demo_corpus: Path, tiny_weigh
     assert document == json.loads((tmp_path / "run" / "scores.json").read_text())
 
 
-def test_refusals_are_one_line_and_exit_2(demo_corpus: Path, tiny_weights: Path, tmp_path: Path) -> None:
-    base = ["classify", "--checkpoint", str(tiny_weights), "--corpus", str(demo_corpus), "--mode", "probe"]
+def test_refusals_are_one_line_and_exit_2(demo_corpus: Path, tiny_checkpoint: Path, tmp_path: Path) -> None:
+    base = ["classify", "--checkpoint", str(tiny_checkpoint), "--corpus", str(demo_corpus), "--mode", "probe"]
     run = ["--out", str(tmp_path / "run")]
     assert_clean_error(invoke(*base, *run, "--datasets", "NoSuchSet"), "unknown dataset 'NoSuchSet'")
     assert_clean_error(invoke(*base, *run, "--datasets", "../../BUS-BRA"), "unknown dataset '../../BUS-BRA'")
@@ -199,11 +191,11 @@ def test_refusals_are_one_line_and_exit_2(demo_corpus: Path, tiny_weights: Path,
     (mine / "notes.txt").write_text("keep me")
     assert_clean_error(invoke(*base, "--out", str(mine), "--datasets", "BUS-BRA"), "not made by `us43d classify`")
     assert sorted(p.name for p in mine.iterdir()) == ["notes.txt"]
-    result = invoke(*base, *run, "--datasets", "BUS-BRA", "--json", str(tiny_weights))
+    result = invoke(*base, *run, "--datasets", "BUS-BRA", "--json", str(tiny_checkpoint))
     assert_clean_error(result, "would overwrite the checkpoint")
 
 
-def test_a_corpus_built_before_labels_is_refused(demo_corpus: Path, tiny_weights: Path, tmp_path: Path) -> None:
+def test_a_corpus_built_before_labels_is_refused(demo_corpus: Path, tiny_checkpoint: Path, tmp_path: Path) -> None:
     old = tmp_path / "old"
     shutil.copytree(demo_corpus, old)
     state = old / ".state" / "BUS-BRA.json"
@@ -211,13 +203,14 @@ def test_a_corpus_built_before_labels_is_refused(demo_corpus: Path, tiny_weights
     data["version"] = 4
     state.write_text(json.dumps(data))
     result = invoke(
-        "classify", "--checkpoint", str(tiny_weights), "--corpus", str(old), "--out", str(tmp_path / "r"), "--datasets", "BUS-BRA"
+        *("classify", "--checkpoint", str(tiny_checkpoint), "--corpus", str(old)),
+        *("--out", str(tmp_path / "r"), "--datasets", "BUS-BRA"),
     )
     assert_clean_error(result, "another version of us43d", "rebuild BUS-BRA")
 
 
 def test_unlabelled_images_are_left_out_and_a_label_outside_the_classes_names_the_file(
-    demo_corpus: Path, tiny_weights: Path, tmp_path: Path
+    demo_corpus: Path, tiny_checkpoint: Path, tmp_path: Path
 ) -> None:
     corpus = tmp_path / "corpus"
     shutil.copytree(demo_corpus, corpus)
@@ -226,14 +219,14 @@ def test_unlabelled_images_are_left_out_and_a_label_outside_the_classes_names_th
     document["images"][0]["label"] = None
     path.write_text(json.dumps(document))
     config = probe(iters=2)
-    result = classify(corpus, tmp_path / "run", tiny_weights, ["BUS-BRA"], config)
+    result = classify(corpus, tmp_path / "run", tiny_checkpoint, ["BUS-BRA"], config)
     assert result["scores"]["BUS-BRA"]["unlabelled_left_out"]["train"] == 1
     document["images"][0]["label"] = "cancer"
     path.write_text(json.dumps(document))
     result = invoke(
         "classify",
         "--checkpoint",
-        str(tiny_weights),
+        str(tiny_checkpoint),
         "--corpus",
         str(corpus),
         "--out",

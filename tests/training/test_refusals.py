@@ -15,7 +15,6 @@ from typer.testing import CliRunner
 from training.conftest import tiny_config
 from us43d.cli import app
 from us43d.training.checkpoints import CheckpointError, read_state_dict
-from us43d.training.sam import build_model, model_config
 from us43d.training.train import train
 
 runner = CliRunner()
@@ -42,15 +41,6 @@ def assert_clean_error(result, *words: str) -> None:
 
 def snapshot(folder: Path) -> dict[str, bytes]:
     return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
-
-
-@pytest.fixture(scope="module")
-def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """Untrained tiny weights: enough to run predict, no training needed."""
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("weights") / "tiny.pth"
-    torch.save(build_model(model_config("tiny")).state_dict(), path)
-    return path
 
 
 @pytest.mark.parametrize(
