@@ -4,30 +4,35 @@ import json
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from helpers import build, decode, load_json, speckle_image, write_jpeg
 from us43d.converters.readers import polygons_to_mask
 
-# Source category ids deliberately differ from the registry's order: matching is by name.
-SOURCE_CATEGORIES = [{"id": 1, "name": "gist", "supercategory": "gist"}, {"id": 2, "name": "lmym", "supercategory": "lmym"}]
+# As the release's files are read by the authors' code (query2): categories named lmym and GIST,
+# an extra anatomy_id on every image. Source category ids deliberately differ from the registry's
+# order: matching is by name.
+SOURCE_CATEGORIES = [{"id": 1, "name": "GIST", "supercategory": "GIST"}, {"id": 2, "name": "lmym", "supercategory": "lmym"}]
 SQUARE = [10.0, 10.0, 40.0, 10.0, 40.0, 35.0, 10.0, 35.0]
 TRIANGLE = [60.0, 40.0, 90.0, 40.0, 75.0, 60.0]
 
 
-def coco(images: list[tuple[int, str]], annotations: list[tuple[int, int, list[list[float]]]]) -> str:
+def coco(
+    images: list[tuple[int, str]], annotations: list[tuple[int, int, list[list[float]]]], categories: list | None = None
+) -> str:
     return json.dumps(
         {
-            "images": [{"id": i, "file_name": name, "width": 100, "height": 80} for i, name in images],
+            "images": [{"id": i, "file_name": name, "width": 100, "height": 80, "anatomy_id": 3} for i, name in images],
             "annotations": [
                 {"id": k, "image_id": i, "category_id": c, "segmentation": seg, "iscrowd": 0}
                 for k, (i, c, seg) in enumerate(annotations)
             ],
-            "categories": SOURCE_CATEGORIES,
+            "categories": categories or SOURCE_CATEGORIES,
         }
     )
 
 
-def make_gist(root: Path, seed: int = 0) -> None:
+def make_gist(root: Path, seed: int = 0, categories: list | None = None) -> None:
     rng = np.random.default_rng(seed)
     base = root / "usd514_jpeg_roi"
     for name in ("a1.jpg", "a2.jpg", "a3.jpg", "a4.jpg", "b1.jpg", "unused.jpg"):
@@ -38,13 +43,16 @@ def make_gist(root: Path, seed: int = 0) -> None:
         coco(
             [(1, "a1.jpg"), (2, "a2.jpg"), (3, "a3.jpg"), (4, "a4.jpg")],
             [(1, 1, [SQUARE]), (2, 2, [SQUARE, TRIANGLE]), (3, 2, [TRIANGLE]), (4, 1, [SQUARE])],
+            categories,
         )
     )
-    (annotations / "val_anno_crop_split_0.json").write_text(coco([(7, "b1.jpg")], [(7, 1, [TRIANGLE])]))
+    (annotations / "val_anno_crop_split_0.json").write_text(coco([(7, "b1.jpg")], [(7, 1, [TRIANGLE])], categories))
 
 
-def test_fake_tree(tmp_path: Path) -> None:
-    make_gist(tmp_path / "raw" / "GIST514-DB")
+@pytest.mark.parametrize("gist", ["GIST", "gist"])  # the authors' spelling, and third-party converters'
+def test_fake_tree(tmp_path: Path, gist: str) -> None:
+    categories = [{"id": 1, "name": gist, "supercategory": gist}, {"id": 2, "name": "lmym", "supercategory": "lmym"}]
+    make_gist(tmp_path / "raw" / "GIST514-DB", categories=categories)
     result = build(tmp_path / "raw", tmp_path / "out", ["GIST514-DB"])
     assert result.item_errors == []
     assert (result.reports["GIST514-DB"].images, result.reports["GIST514-DB"].instances) == (5, 6)

@@ -15,7 +15,8 @@ from helpers import (
 )
 from us43d.registry import Registry
 
-TRAIN = {"1": 0, "2": 3, "3": 7, "4": 0, "5": 5, "6": 1}
+# Listed out of order, as the real train_cls.txt is (it opens "658.JPG  5", "384.JPG  3", ...)
+TRAIN = {"6": 1, "2": 3, "3": 7, "1": 0, "5": 5, "4": 0}
 TEST = {"7": 2, "8": 7}
 COLOURS = [(64, 0, 0), (0, 64, 0), (0, 0, 64), (128, 128, 0), (0, 128, 128), (128, 0, 128), (255, 255, 255), (200, 100, 50)]
 
@@ -32,9 +33,13 @@ def make_otu_2d(root: Path, seed: int = 0) -> dict[str, np.ndarray]:
         colour[mask] = COLOURS[cls]
         write_png(base / "annotations" / f"{number}.PNG", colour)
         write_png(base / "annotations" / f"{number}_binary.PNG", (mask * 255).astype(np.uint8))
+        write_png(
+            base / "annotations" / f"{number}_binary_binary.PNG", (mask * 255).astype(np.uint8)
+        )  # the release has 3 per image
         truth[number] = mask
-    (base / "train_cls.txt").write_text("".join(f"{n}.JPG {c}\n" for n, c in TRAIN.items()))
-    (base / "val_cls.txt").write_text("".join(f"{n}.JPG {c}\n" for n, c in TEST.items()))
+    # two spaces between name and class, as third-party readers of the real lists show; CRLF in one
+    (base / "train_cls.txt").write_text("".join(f"{n}.JPG  {c}\n" for n, c in TRAIN.items()))
+    (base / "val_cls.txt").write_bytes("".join(f"{n}.JPG  {c}\r\n" for n, c in TEST.items()).encode())
     (base / "train.txt").write_text("".join(f"{n}\n" for n in TRAIN))
     (base / "val.txt").write_text("".join(f"{n}\n" for n in TEST))
     return truth

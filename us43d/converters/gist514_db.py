@@ -2,7 +2,8 @@
 
 Split 0 of the authors' cross-validation files is used: `train_anno_crop_split_0.json` is the
 training pool, `val_anno_crop_split_0.json` the official test set. Every polygon is one
-instance. Source categories are matched by name (lmym, gist), not by trusting their ids.
+instance. Source categories are matched by name, not by trusting their ids, and without regard
+to case: the authors' own code asks for `lmym` and `GIST`, third-party converters write `gist`.
 
 The image-level class (leiomyoma or GIST) is the category of the image's tumour: the release has
 no other per-image label. An image whose annotations name both has no single class and gets
@@ -57,7 +58,7 @@ def list_items(raw: Path, entry: DatasetEntry) -> Iterator[Item]:
                 continue
             shapes = []
             for ann in by_image.get(image["id"], []):
-                source = source_ids.get(ann["category_id"])
+                source = str(source_ids.get(ann["category_id"])).lower()
                 if source not in SOURCE_NAMES:
                     shapes = None
                     break
