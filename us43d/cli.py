@@ -514,7 +514,7 @@ def train(
         int | None, typer.Option(help="Images per step whose boundary clicks grow one by one (default 2, as SAMUSA).")
     ] = None,
     boundary_max_clicks: Annotated[
-        int | None, typer.Option(help="Those images get 2 to this many boundary clicks (default 10).")
+        int | None, typer.Option(help="Those images get 2 to this many boundary clicks, one draw per batch (default 10).")
     ] = None,
     boundary_loss_weight: Annotated[
         float | None, typer.Option(help="Weight of SAMUSA's boundary loss (default: 2 with boundary prompts, else 0).")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from us43d.training import boundary
 from us43d.training.boundary import boundary_pixels, first_boundary_points, next_boundary_point
 
 
@@ -123,3 +124,23 @@ def test_next_boundary_point_is_none_when_nothing_sensible_exists():
 def test_next_boundary_point_refuses_a_prediction_of_another_size():
     with pytest.raises(ValueError, match="same size"):
         next_boundary_point(np.ones((4, 4), dtype=bool), np.ones((4, 5), dtype=bool), np.empty((0, 2)))
+
+
+@pytest.mark.parametrize("pairs", [0, 1 << 30])  # the distance transform, and pixel pairs one by one
+def test_next_boundary_point_is_the_brute_force_answer_on_either_distance_path(pairs: int, monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.setattr(boundary, "BRUTE_FORCE_PAIRS", pairs)
+    rng = np.random.default_rng(3)
+    for n in range(40):
+        truth = disc(40, rng.uniform(8, 32), rng.uniform(8, 32), rng.uniform(3, 12))
+        predicted = disc(40, rng.uniform(5, 35), rng.uniform(5, 35), rng.uniform(2, 14))
+        if n % 5 == 0:  # a prediction cut by the frame: ties and edges of the image
+            predicted[:, : int(rng.integers(1, 20))] = False
+        ring = boundary_pixels(truth)
+        chosen = ring[rng.choice(len(ring), size=n % 3, replace=False)]
+        point = next_boundary_point(truth, predicted, chosen)
+        free = np.array([p for p in ring if not any((p == c).all() for c in chosen)])
+        edge = boundary_pixels(predicted)
+        if len(edge) == 0:
+            continue
+        distances = np.sqrt(((free[:, None] - edge[None]) ** 2).sum(axis=2)).min(axis=1)
+        assert tuple(point) == tuple(free[np.argmax(distances)])

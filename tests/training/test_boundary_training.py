@@ -17,12 +17,14 @@ from us43d.errors import Us43dError
 from us43d.training import engine
 from us43d.training.boundary import boundary_pixels
 from us43d.training.boundary_loss import blurred, boundary_loss, click_heatmaps
+from us43d.training.click_growth import click_images, grow_clicks, grown_clicks
 from us43d.training.data import TrainDataset, load_selection
+from us43d.training.decoder import use_authors_decoder
 from us43d.training.losses import mask_losses
 from us43d.training.model_shape import load_model
 from us43d.training.prompts import BOUNDARY, BOX, POINT, draw_kinds, parse_prompt_mix
 from us43d.training.sam import build_model, model_config
-from us43d.training.train import TrainConfig, grow_clicks, resolve_new_run, resume, step_losses, train
+from us43d.training.train import TrainConfig, resolve_new_run, resume, step_losses, train
 
 
 def tiny_model(seed: int = 0, boundary: bool = True) -> torch.nn.Module:
@@ -236,7 +238,7 @@ def test_grown_clicks_land_on_the_truth_boundary_where_the_prediction_misses_it(
     ring = [boundary_pixels(mask.numpy() > 0) for mask in truth]
     first = torch.tensor([[[4 * 7 + 1.5, 4 * 16 + 1.5], [4 * 25 + 1.5, 4 * 16 + 1.5]], [[4 * 5 + 1.5, 4 * 12 + 1.5]] * 2])
     labels = torch.full((2, 2), engine.BOUNDARY_LABEL)
-    coords, grown = grow_clicks(sam, embedding, first, labels, truth, total=6)
+    coords, grown = grow_clicks(sam, embedding, torch.zeros(2, dtype=torch.long), first, labels, truth, 6)
     assert coords.shape == (2, 6, 2) and grown.shape == (2, 6)
     assert torch.equal(coords[:, :2], first)
     for instance in range(2):
@@ -287,25 +289,84 @@ def test_a_training_step_with_boundary_clicks_trains_their_embedding() -> None:
 
 
 def test_only_the_lowest_ranked_images_with_boundary_instances_grow_their_clicks(monkeypatch: pytest.MonkeyPatch) -> None:
-    import us43d.training.train as train_module
+    import us43d.training.click_growth as growth
 
     grown = []
-    original = train_module.grow_clicks
+    original = growth.grow_clicks
 
-    def spy(sam, embedding, coords, labels, truth, total):
-        grown.append(total)
-        return original(sam, embedding, coords, labels, truth, total)
+    def spy(sam, embeddings, image_of, coords, labels, truth, total):
+        grown.append((image_of.tolist(), total))
+        return original(sam, embeddings, image_of, coords, labels, truth, total)
 
-    monkeypatch.setattr(train_module, "grow_clicks", spy)
+    monkeypatch.setattr(growth, "grow_clicks", spy)
     sam = tiny_model()
+    assert click_images(boundary_batch(), 2) == [1, 0]  # rank 0.1, then 0.9; image 2 (0.5) has no boundary instance
     step_losses(sam, boundary_batch(), tiny_config(prompt="boundary", boundary_click_images=1), torch.device("cpu"))
-    assert grown == [7]  # image 1 (rank 0.1); image 2 has the lower rank of the rest but no boundary instance
+    assert grown == [([1, 1], 7)]  # image 1's two boundary instances, to its count
     grown.clear()
+    # two images grow in the same decoder calls, to one count per batch: the first image's draw
     step_losses(sam, boundary_batch(), tiny_config(prompt="boundary", boundary_click_images=2), torch.device("cpu"))
-    assert grown == [5, 7]
+    assert grown == [([0, 1, 1], 7)]
     grown.clear()
     step_losses(sam, boundary_batch(), tiny_config(prompt="boundary", boundary_click_images=0), torch.device("cpu"))
     assert grown == []
+
+
+@pytest.mark.parametrize("form", ["sam", "authors"])
+def test_the_single_mask_pass_of_several_images_is_the_decoders_own_output(form: str) -> None:
+    sam = tiny_model().eval()
+    if form == "authors":
+        use_authors_decoder(sam).eval()
+    torch.manual_seed(0)
+    embeddings = sam.image_encoder(torch.randn(3, 3, 128, 128))
+    coords = torch.rand(5, 4, 2) * 127
+    labels = torch.tensor([[4, 4, 4, -1], [4, 4, 1, 0], [4, 4, -1, -1], [4, 4, 4, 4], [1, 0, 4, -1]], dtype=torch.int)
+    image_of = torch.tensor([2, 0, 2, 1, 0])
+    with torch.no_grad():
+        fast = engine.single_mask_logits(sam, embeddings, image_of, engine.click_embeddings(sam, coords, labels))
+        for n in range(5):
+            alone, _ = engine.decode_clicks(
+                sam, embeddings[image_of[n] : image_of[n] + 1], coords[n : n + 1], labels[n : n + 1], False
+            )
+            torch.testing.assert_close(fast[n], alone[0, 0], rtol=1e-4, atol=1e-5)
+        # the annotator sees the model as in eval mode: no dropout even while the model trains
+        sam.train()
+        again = engine.single_mask_logits(sam, embeddings, image_of, engine.click_embeddings(sam, coords, labels))
+    torch.testing.assert_close(again, fast, rtol=0, atol=0)
+
+
+def test_the_annotators_click_tokens_are_the_prompt_encoders() -> None:
+    sam = tiny_model()
+    coords = torch.rand(3, 5, 2) * 127
+    labels = torch.tensor([[4, 4, 4, 4, 4], [4, 4, -1, 4, -1], [4, 4, -1, -1, -1]], dtype=torch.int)
+    with torch.no_grad():
+        torch.testing.assert_close(
+            engine.boundary_click_tokens(sam, coords, labels), engine.click_embeddings(sam, coords, labels)
+        )
+
+
+def test_clicks_grown_together_are_the_clicks_grown_image_by_image() -> None:
+    sam = tiny_model()
+    batch = boundary_batch()
+    embeddings = sam.image_encoder(batch["image"])
+    together = grown_clicks(sam, embeddings, batch, [1, 0], torch.device("cpu"))
+    assert sorted(together) == [0, 1]
+    for image in (0, 1):
+        flags = batch["is_boundary"][image]
+        coords = batch["clicks"][image][flags]
+        labels = torch.full(coords.shape[:2], engine.BOUNDARY_LABEL, dtype=torch.int)
+        alone = grow_clicks(
+            sam,
+            embeddings[image : image + 1],
+            torch.zeros(len(coords), dtype=torch.long),
+            coords,
+            labels,
+            batch["targets"][image][flags],
+            7,
+        )
+        assert together[image][0].shape == (int(flags.sum()), 7, 2)
+        torch.testing.assert_close(together[image][0], alone[0])
+        assert torch.equal(together[image][1], alone[1])
 
 
 # ---- runs and checkpoints ---------------------------------------------------------------------

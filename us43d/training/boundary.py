@@ -19,6 +19,9 @@ from scipy import ndimage
 # 4-connectivity: a pixel is on the boundary when one of its 4 neighbours is background, so the
 # contour is one pixel wide and has no diagonal gaps.
 _CROSS = ndimage.generate_binary_structure(2, 1)
+# below this many (candidate, predicted-boundary) pixel pairs, distances are taken pair by pair,
+# which beats the distance transform's fixed cost on small masks
+BRUTE_FORCE_PAIRS = 1 << 16
 
 
 def boundary_mask(mask: np.ndarray) -> np.ndarray:
@@ -80,10 +83,9 @@ def next_boundary_point(mask: np.ndarray, predicted: np.ndarray, chosen: np.ndar
     rows, cols = np.nonzero(candidates)
     if len(rows) == 0:
         return None
-    predicted_edge = boundary_mask(predicted)
-    if predicted_edge.any():
-        # distance from every pixel to the nearest predicted-boundary pixel
-        distance = ndimage.distance_transform_edt(~predicted_edge)[rows, cols]
+    edge_rows, edge_cols = np.nonzero(boundary_mask(predicted))
+    if len(edge_rows):
+        distance = _distance_to_nearest(rows, cols, edge_rows, edge_cols, predicted.shape)
     elif len(chosen):
         points = np.stack([cols, rows], axis=1).astype(np.float64)
         distance = (((points[:, None, :] - chosen[None, :, :]) ** 2).sum(axis=2)).min(axis=1)
@@ -91,6 +93,21 @@ def next_boundary_point(mask: np.ndarray, predicted: np.ndarray, chosen: np.ndar
         return None
     best = int(np.argmax(distance))
     return np.array([cols[best], rows[best]], dtype=np.float64)
+
+
+def _distance_to_nearest(
+    rows: np.ndarray, cols: np.ndarray, edge_rows: np.ndarray, edge_cols: np.ndarray, shape: tuple[int, ...]
+) -> np.ndarray:
+    """Euclidean distance from each (row, col) to the nearest edge pixel. Few pairs (the small
+    low-res masks of the clicks grown in training) are compared one by one, which beats the
+    distance transform's fixed cost; both give the square root of the same exact integer, so
+    the ranking and its ties do not depend on the path (tested)."""
+    if len(rows) * len(edge_rows) <= BRUTE_FORCE_PAIRS:
+        squared = (rows[:, None] - edge_rows[None]) ** 2 + (cols[:, None] - edge_cols[None]) ** 2
+        return np.sqrt(squared.min(axis=1).astype(np.float64))
+    background = np.ones(shape, dtype=bool)
+    background[edge_rows, edge_cols] = False
+    return ndimage.distance_transform_edt(background)[rows, cols]
 
 
 __all__ = ["boundary_mask", "boundary_pixels", "first_boundary_points", "next_boundary_point"]

@@ -14,7 +14,10 @@ its positional encoding; the boundary type embedding, a parameter added to the p
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
+
+from us43d.training.decoder import AuthorsDecoderMLP
 
 
 def sparse_and_dense(
@@ -128,3 +131,84 @@ def decode(
         dense_prompt_embeddings=dense,
         multimask_output=multimask,
     )
+
+
+def boundary_click_tokens(sam: nn.Module, coords: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """`click_embeddings` for clicks that are all BOUNDARY_LABEL or PADDING_LABEL (the
+    annotator's while clicks grow), computed directly: the positional encoding of each click
+    plus the boundary embedding, or the not-a-point embedding for padding; the same tokens
+    (tested) in a fraction of the prompt encoder's general path."""
+    encoder = sam.prompt_encoder
+    if not has_boundary_embedding(sam):
+        raise ValueError("boundary clicks need the boundary embedding: add_boundary_embedding(sam) first")
+    positional = encoder.pe_layer.forward_with_coords(coords + 0.5, encoder.input_image_size)
+    boundary = getattr(encoder, BOUNDARY_EMBED).weight
+    padding = encoder.not_a_point_embed.weight
+    tokens = torch.where((labels == BOUNDARY_LABEL)[..., None], positional + boundary, padding)
+    return torch.cat([tokens, padding.expand(len(coords), 1, -1)], dim=1)
+
+
+def single_mask_logits(
+    sam: nn.Module, embeddings: torch.Tensor, image_of: torch.Tensor, sparse: torch.Tensor, dense_pe: torch.Tensor | None = None
+) -> torch.Tensor:
+    """(N, low, low) logits of the decoder's single-mask output (`multimask=False`), without
+    gradients, for N instances of several images: instance n is decoded on
+    `embeddings[image_of[n]]` with its sparse tokens `sparse[n]` and no mask prompt.
+
+    This is the simulated annotator's view while clicks grow in training: many small passes
+    without gradients, where segment_anything's decoder would cost one call per image (it
+    repeats one image's embedding for every prompt) and would compute the three multimask
+    outputs and the IoU head as well. Here the same two-way transformer runs on the decoder's
+    own weights through fused attention, for every instance at once, and only the first mask
+    token is turned into a mask. The numbers are `decode_clicks`' (`multimask=False`) up to
+    float rounding, in both decoder forms, as the model predicts in eval mode: the authors'
+    decoder's dropout is left out whatever the module's mode (tested). `dense_pe`, the prompt
+    encoder's `get_dense_pe()`, can be given by a caller that decodes many times."""
+    decoder, encoder = sam.mask_decoder, sam.prompt_encoder
+    transformer = decoder.transformer
+    count = len(sparse)
+    output_tokens = torch.cat([decoder.iou_token.weight, decoder.mask_tokens.weight])
+    prompt = torch.cat([output_tokens.expand(count, -1, -1), sparse], dim=1)  # the queries' positional term
+    source = embeddings[image_of] + encoder.no_mask_embed.weight.reshape(1, -1, 1, 1)
+    channels, height, width = source.shape[1:]
+    keys = source.flatten(2).transpose(1, 2)
+    key_pe = (encoder.get_dense_pe() if dense_pe is None else dense_pe).flatten(2).transpose(1, 2)
+    queries = prompt
+    for layer in transformer.layers:
+        if layer.skip_first_layer_pe:
+            queries = _attend(layer.self_attn, queries, queries, queries)
+        else:
+            with_pe = queries + prompt
+            queries = queries + _attend(layer.self_attn, with_pe, with_pe, queries)
+        queries = _norm(layer.norm1, queries)
+        keys_pe = keys + key_pe
+        queries = _norm(layer.norm2, queries + _attend(layer.cross_attn_token_to_image, queries + prompt, keys_pe, keys))
+        queries = _norm(layer.norm3, queries + _mlp(layer.mlp, queries))
+        keys = _norm(layer.norm4, keys + _attend(layer.cross_attn_image_to_token, keys_pe, queries + prompt, queries))
+    final = _attend(transformer.final_attn_token_to_image, queries + prompt, keys + key_pe, keys)
+    queries = _norm(transformer.norm_final_attn, queries + final)
+    upscaled = decoder.output_upscaling(keys.transpose(1, 2).reshape(count, channels, height, width))
+    weights = decoder.output_hypernetworks_mlps[0](queries[:, 1])  # token 0 of the mask tokens: the single mask
+    return torch.einsum("nc,nchw->nhw", weights, upscaled)
+
+
+def _attend(attention: nn.Module, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """segment_anything's `Attention` (projections, heads, softmax(q k^T / sqrt(d)) v, output
+    projection) on its weights, through `scaled_dot_product_attention`."""
+    heads = attention.num_heads
+
+    def split(x: torch.Tensor, projection: nn.Linear) -> torch.Tensor:
+        return F.linear(x, projection.weight, projection.bias).unflatten(-1, (heads, -1)).transpose(1, 2)
+
+    mixed = F.scaled_dot_product_attention(split(q, attention.q_proj), split(k, attention.k_proj), split(v, attention.v_proj))
+    return F.linear(mixed.transpose(1, 2).flatten(2), attention.out_proj.weight, attention.out_proj.bias)
+
+
+def _mlp(block: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """The decoder layer's MLP term without dropout: MLP(x), or x + MLP(x) in the authors' form."""
+    inner = block.lin2(block.act(block.lin1(x)))
+    return x + inner if isinstance(block, AuthorsDecoderMLP) else inner
+
+
+def _norm(norm: nn.LayerNorm, x: torch.Tensor) -> torch.Tensor:
+    return F.layer_norm(x, norm.normalized_shape, norm.weight, norm.bias, norm.eps)

@@ -21,17 +21,17 @@ from functools import partial
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-import numpy as np
 import torch
 import torch.distributed as dist
+import torch.nn.functional as F
 import yaml
 from pydantic import AfterValidator, BeforeValidator, Field, TypeAdapter, ValidationError
 
 from us43d.errors import Us43dError
 from us43d.training import engine
-from us43d.training.boundary import next_boundary_point
 from us43d.training.boundary_loss import BOUNDARY_LOSS_WEIGHT, click_heatmaps
 from us43d.training.checkpoints import CheckpointError, Weights, atomic_save, load_into, load_untrusted, read_weights
+from us43d.training.click_growth import click_images, grown_clicks
 from us43d.training.data import InfiniteBatchSampler, TrainDataset, collate, load_selection
 from us43d.training.losses import LossParts, mask_losses
 from us43d.training.memory import (
@@ -127,7 +127,7 @@ class TrainConfig:
     # box, or SAMUSA's boundary clicks, e.g. "boundary" or "point=0.25,box=0.25,boundary=0.5".
     prompt: PromptMix = RECIPE_PROMPT
     boundary_click_images: NonNegative = 2  # images per step whose boundary clicks grow one by one (SAMUSA: 2)
-    boundary_max_clicks: Annotated[int, Field(ge=2)] = 10  # those images get 2..this many clicks
+    boundary_max_clicks: Annotated[int, Field(ge=2)] = 10  # those images get 2..this many clicks (one draw per batch)
     # SAMUSA's lambda; None: 2 with boundary prompts, else 0
     boundary_loss_weight: Annotated[float, Field(ge=0, allow_inf_nan=False)] | None = None
     boundary_loss_form: Literal["edge", "literal"] = "edge"  # boundary_loss.BOUNDARY_LOSS_FORMS
@@ -395,8 +395,8 @@ def step_losses(sam: torch.nn.Module, batch: dict[str, Any], config: TrainConfig
     passes: list[list[tuple[torch.Tensor, torch.Tensor]]] = [[], []]
     targets: list[torch.Tensor] = []
     boundary_rows: list[torch.Tensor] = []
-    heatmaps: list[torch.Tensor] = []
-    growing = click_images(batch, config.boundary_click_images)
+    clicked: list[tuple[torch.Tensor, torch.Tensor]] = []  # (clicks, labels) of each image's boundary instances
+    grown = grown_clicks(sam, embeddings, batch, click_images(batch, config.boundary_click_images), device)
 
     def run(decoder: Any) -> None:
         if config.refine:
@@ -421,20 +421,27 @@ def step_losses(sam: torch.nn.Module, batch: dict[str, Any], config: TrainConfig
         if plain.any():
             targets.append(target[plain])
             run(partial(engine.decode, sam, embedding, points[plain], boxes[plain], is_box[plain]))
-        coords = batch["clicks"][i].to(device)[on_boundary]
-        labels = torch.full(coords.shape[:2], engine.BOUNDARY_LABEL, dtype=torch.int, device=device)
-        if i in growing:
-            coords, labels = grow_clicks(sam, embedding, coords, labels, target[on_boundary], int(batch["click_count"][i]))
+        if i in grown:
+            coords, labels = grown[i]
+        else:
+            coords = batch["clicks"][i].to(device)[on_boundary]
+            labels = torch.full(coords.shape[:2], engine.BOUNDARY_LABEL, dtype=torch.int, device=device)
         first_row = sum(len(t) for t in targets)
         targets.append(target[on_boundary])
         boundary_rows.append(torch.arange(first_row, first_row + len(coords), device=device))
-        heatmaps.append(click_heatmaps(coords, labels == engine.BOUNDARY_LABEL, image_size, target.shape[-1]))
+        clicked.append((coords, labels))
         run(partial(engine.decode_clicks, sam, embedding, coords, labels))
     if not targets:
         zero = sum(p.sum() for p in sam.parameters() if p.requires_grad) * 0  # a loss that backward accepts
         return LossParts(zero, zero, zero)
     target = torch.cat(targets)
-    boundary = (torch.cat(boundary_rows), torch.cat(heatmaps)) if boundary_rows else None
+    boundary = None
+    if boundary_rows:  # one heatmap call for the batch: the images' click lists padded to the longest
+        width = max(coords.shape[1] for coords, _ in clicked)
+        coords = torch.cat([F.pad(c, (0, 0, 0, width - c.shape[1])) for c, _ in clicked])
+        labels = torch.cat([F.pad(k, (0, width - k.shape[1]), value=engine.PADDING_LABEL) for _, k in clicked])
+        heatmaps = click_heatmaps(coords, labels == engine.BOUNDARY_LABEL, image_size, target.shape[-1])
+        boundary = (torch.cat(boundary_rows), heatmaps)
     total: LossParts | None = None
     for outputs in passes:
         if not outputs:
@@ -452,49 +459,6 @@ def step_losses(sam: torch.nn.Module, batch: dict[str, Any], config: TrainConfig
         total = parts if total is None else total + parts
     assert total is not None
     return total
-
-
-def click_images(batch: Mapping[str, Any], count: int) -> set[int]:
-    """The images of a batch whose boundary clicks grow: the `count` with the lowest rank drawn
-    by their samples among those with boundary instances (so the choice is a function of the
-    samples, like every other draw, and a resumed run makes the same)."""
-    if not count or "click_rank" not in batch:
-        return set()
-    candidates = [i for i, flags in enumerate(batch["is_boundary"]) if bool(flags.any())]
-    ranked = sorted(candidates, key=lambda i: (float(batch["click_rank"][i]), i))
-    return set(ranked[:count])
-
-
-def grow_clicks(
-    sam: torch.nn.Module, embedding: torch.Tensor, coords: torch.Tensor, labels: torch.Tensor, truth: torch.Tensor, total: int
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """SAMUSA's simulated annotator: add boundary clicks one at a time, each at the ground-truth
-    boundary point furthest from the current prediction's boundary, up to `total` per instance.
-
-    The model predicts without gradients (as a user would see it); the search runs on the
-    low-resolution truth and prediction (boundary.next_boundary_point) and the click goes to the
-    centre of that low-res pixel in the input frame. An instance with no boundary point left
-    gets a padding slot instead, so all instances keep the same number of tokens."""
-    image_size = sam.prompt_encoder.input_image_size[0]
-    low = truth.shape[-1]
-    scale = image_size / low
-    masks = truth.detach().cpu().numpy() > 0.5
-    chosen = [list(c) for c in torch.round((coords.detach().cpu() + 0.5) / scale - 0.5).numpy()]
-    for _ in range(total - coords.shape[1]):
-        with torch.no_grad():
-            logits, _ = engine.decode_clicks(sam, embedding, coords, labels, multimask=False)
-        predicted = (logits[:, 0] > 0).cpu().numpy()
-        extra = torch.zeros(len(coords), 1, 2, dtype=coords.dtype)
-        extra_labels = torch.full((len(coords), 1), engine.PADDING_LABEL, dtype=labels.dtype)
-        for j, (mask, prediction) in enumerate(zip(masks, predicted)):
-            point = next_boundary_point(mask, prediction, np.array(chosen[j]))
-            if point is not None:
-                chosen[j].append(point)
-                extra[j, 0] = torch.from_numpy((point + 0.5) * scale - 0.5)
-                extra_labels[j, 0] = engine.BOUNDARY_LABEL
-        coords = torch.cat([coords, extra.to(coords.device)], dim=1)
-        labels = torch.cat([labels, extra_labels.to(labels.device)], dim=1)
-    return coords, labels
 
 
 def accumulate_gradients(
