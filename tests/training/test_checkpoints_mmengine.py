@@ -23,7 +23,8 @@ from us43d.training.checkpoints import CheckpointError, read_state_dict, sam_to_
 from us43d.training.sam import build_model, model_config
 
 HISTORY_BUFFER = "mmengine.logging.history_buffer"
-MMENGINE_MODULES = ("mmengine", "mmengine.logging", HISTORY_BUFFER)
+CONFIG = "mmengine.config.config"
+MMENGINE_MODULES = ("mmengine", "mmengine.logging", HISTORY_BUFFER, "mmengine.config", CONFIG)
 runner = CliRunner()
 
 
@@ -40,9 +41,19 @@ def fake_mmengine() -> Iterator[type]:
             self._log_history = np.asarray(values, dtype=np.float64)
             self._count_history = np.ones(len(values), dtype=np.float64)
 
+    class ConfigDict(dict):  # MMEngine's ConfigDict is an addict Dict: a dict whose state is itself
+        def __getstate__(self) -> dict:
+            return self
+
+        def __setstate__(self, state: dict) -> None:
+            self.update(state)
+
     HistoryBuffer.__module__ = HISTORY_BUFFER
     HistoryBuffer.__qualname__ = "HistoryBuffer"
     modules[HISTORY_BUFFER].HistoryBuffer = HistoryBuffer
+    ConfigDict.__module__, ConfigDict.__qualname__ = CONFIG, "ConfigDict"
+    modules[CONFIG].ConfigDict = ConfigDict
+    HistoryBuffer.config_dict = ConfigDict  # for writers that want one
     sys.modules.update(modules)
     try:
         yield HistoryBuffer
@@ -60,9 +71,12 @@ def tiny_weights(seed: int = 0) -> dict[str, torch.Tensor]:
     return model.state_dict()
 
 
-def write_mmengine_checkpoint(path: Path, weights: dict[str, torch.Tensor], legacy: bool = False, **extra: object) -> None:
+def write_mmengine_checkpoint(
+    path: Path, weights: dict[str, torch.Tensor], legacy: bool = False, config_dict: bool = False, **extra: object
+) -> None:
     """What MMEngine's runner saves: meta with the message hub, the weights under state_dict in
-    MMDetection names (the authors' decoder form), the message hub again at the top."""
+    MMDetection names (the authors' decoder form), the message hub again at the top; with
+    `config_dict`, also MMEngine ConfigDicts in the metadata (a configuration kept as objects)."""
     with fake_mmengine() as history_buffer:
         hub = {
             "log_scalars": {"train/loss": history_buffer([0.9, 0.4]), "train/lr": history_buffer([1e-4])},
@@ -70,6 +84,9 @@ def write_mmengine_checkpoint(path: Path, weights: dict[str, torch.Tensor], lega
             "resumed_keys": {"iter": True},
         }
         meta = {"mmengine_version": "0.10.4", "seed": 0, "message_hub": hub, "dataset_meta": {"classes": ("object",)}}
+        if config_dict:
+            config = history_buffer.config_dict
+            meta["cfg"] = config(model=config(type="SAM", decoder=config(num_layers=2)), work_dir="work_dirs/UltraSam")
         content = {"meta": meta, "state_dict": sam_to_mmdet(weights), "message_hub": hub, **extra}
         torch.save(content, path, _use_new_zipfile_serialization=not legacy)
     assert not any(name in sys.modules for name in MMENGINE_MODULES)
@@ -98,11 +115,12 @@ def test_the_fixture_names_mmengine_globals_as_the_release_does(ultrasam_like) -
         torch.load(path, weights_only=True)
 
 
+@pytest.mark.parametrize("config_dict", [False, True], ids=["hub", "hub+ConfigDict"])
 @pytest.mark.parametrize("legacy", [False, True], ids=["zip", "legacy"])
-def test_an_mmengine_checkpoint_reads_without_mmengine(tmp_path: Path, legacy: bool) -> None:
+def test_an_mmengine_checkpoint_reads_without_mmengine(tmp_path: Path, legacy: bool, config_dict: bool) -> None:
     weights = tiny_weights()
     path = tmp_path / "UltraSam.pth"
-    write_mmengine_checkpoint(path, weights, legacy=legacy)
+    write_mmengine_checkpoint(path, weights, legacy=legacy, config_dict=config_dict)
     assert_same(read_state_dict(path), weights)  # lin2 halved back: segment_anything's form
     assert not any(name in sys.modules for name in MMENGINE_MODULES)
 

@@ -2,9 +2,10 @@
 
 Everything is loaded with `torch.load(weights_only=True)`: a checkpoint is untrusted input.
 MMEngine checkpoints (the UltraSam release) also carry metadata objects, a message hub of
-MMEngine HistoryBuffers holding NumPy arrays; torch's safe loader refuses those. The globals
-a file names are listed first (torch's own static reading of the pickle), and when every one
-that torch does not allow is MMEngine's or NumPy's, each gets an inert stand-in: the file
+MMEngine HistoryBuffers holding NumPy arrays, possibly ConfigDicts; torch's safe loader refuses
+those. The globals a file names are listed first (torch's own static reading of the pickle),
+and when every one that torch does not allow is MMEngine's or NumPy's, each gets an inert
+stand-in (an OrderedDict for MMEngine's, which also takes a ConfigDict's items): the file
 loads without MMEngine, and nothing it names is imported or run. Any other global refuses
 the file.
 
@@ -23,6 +24,7 @@ import os
 import re
 import warnings
 import zipfile
+from collections import OrderedDict
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -190,6 +192,22 @@ class MetadataStandIn:
         self.state = state
 
 
+class MappingStandIn:
+    """Built by the safe loader in place of an MMEngine class or function: an empty OrderedDict.
+
+    MMEngine's ConfigDict is a dict subclass whose items the pickle sets after building it, and
+    torch's safe loader sets items only on plain dicts, OrderedDicts and Counters; it also gives
+    an OrderedDict's state to its attributes. So an OrderedDict takes a ConfigDict's items and a
+    HistoryBuffer's fields alike, and nothing of MMEngine is imported or run."""
+
+    def __new__(cls, *args: Any, **kwargs: Any) -> OrderedDict:  # type: ignore[misc]
+        return OrderedDict()
+
+
+def _stand_in_for(name: str) -> type:
+    return MappingStandIn if name.startswith("mmengine.") else MetadataStandIn
+
+
 def _stands_in(name: str) -> bool:
     return name.split(".", 1)[0] in STAND_IN_PACKAGES and "." in name
 
@@ -228,7 +246,7 @@ def load_untrusted(path: Path, missing: str) -> Any:
     # next global, so stand-ins are added one at a time (each try builds only allowed objects).
     for _ in range(1 if listed is not None else MAX_LEGACY_STAND_INS):
         try:
-            with warnings.catch_warnings(), torch.serialization.safe_globals([(MetadataStandIn, n) for n in named]):
+            with warnings.catch_warnings(), torch.serialization.safe_globals([(_stand_in_for(n), n) for n in named]):
                 warnings.simplefilter("ignore")  # torch warns about pickle protocols; the reason below says more
                 return torch.load(path, map_location="cpu", weights_only=True)
         except Exception as exc:  # torch raises several types for foreign or corrupt files
