@@ -15,7 +15,7 @@ from training.conftest import tiny_config
 from us43d.cli import app
 from us43d.errors import Us43dError
 from us43d.training import engine
-from us43d.training.boundary import boundary_pixels
+from us43d.training.boundary import boundary_pixels, next_boundary_point
 from us43d.training.boundary_loss import blurred, boundary_loss, click_heatmaps
 from us43d.training.click_growth import click_images, grow_clicks, grown_clicks
 from us43d.training.data import TrainDataset, load_selection
@@ -312,6 +312,19 @@ def test_only_the_lowest_ranked_images_with_boundary_instances_grow_their_clicks
     assert grown == []
 
 
+def test_a_step_that_grows_clicks_under_autocast_trains_the_decoder() -> None:
+    """The annotator's passes run inside the step's autocast region without gradients; the
+    low-precision weights they cast must not be the ones the training passes then use (with
+    PyTorch before 2.10 the step failed to save them for backward)."""
+    sam = tiny_model()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        parts = step_losses(sam, boundary_batch(), tiny_config(prompt="boundary", boundary_click_images=2), torch.device("cpu"))
+    parts.total.backward()
+    decoder = sam.mask_decoder
+    for weight in (decoder.transformer.layers[0].self_attn.q_proj.weight, decoder.output_hypernetworks_mlps[0].layers[0].weight):
+        assert weight.grad is not None and torch.isfinite(weight.grad).all() and weight.grad.abs().sum() > 0
+
+
 @pytest.mark.parametrize("form", ["sam", "authors"])
 def test_the_single_mask_pass_of_several_images_is_the_decoders_own_output(form: str) -> None:
     sam = tiny_model().eval()
@@ -343,6 +356,70 @@ def test_the_annotators_click_tokens_are_the_prompt_encoders() -> None:
         torch.testing.assert_close(
             engine.boundary_click_tokens(sam, coords, labels), engine.click_embeddings(sam, coords, labels)
         )
+
+
+def test_the_annotators_click_tokens_take_boundary_and_padding_clicks_only() -> None:
+    with pytest.raises(ValueError, match="boundary .4. and padding"):
+        engine.boundary_click_tokens(tiny_model(), torch.zeros(1, 2, 2), torch.tensor([[4, 1]], dtype=torch.int))
+
+
+def reference_growth(sam, embedding, coords, truth, total):
+    """SAMUSA's annotator written plainly: segment_anything's decoder call per image (eval mode,
+    single mask), the next click from `next_boundary_point`, one instance at a time."""
+    scale = 128 / truth.shape[-1]
+    sam.eval()
+    labels = torch.full(coords.shape[:2], engine.BOUNDARY_LABEL, dtype=torch.int)
+    chosen = [list(np.round((c.numpy() + 0.5) / scale - 0.5)) for c in coords]
+    while coords.shape[1] < total:
+        with torch.no_grad():
+            logits, _ = engine.decode_clicks(sam, embedding, coords, labels, multimask=False)
+        extra, extra_labels = torch.zeros(len(coords), 1, 2), torch.full((len(coords), 1), engine.PADDING_LABEL, dtype=torch.int)
+        for n in range(len(coords)):
+            point = next_boundary_point(truth[n].numpy() > 0.5, (logits[n, 0] > 0).numpy(), np.array(chosen[n]))
+            if point is not None:
+                chosen[n].append(point)
+                extra[n, 0], extra_labels[n, 0] = torch.from_numpy((point + 0.5) * scale - 0.5), engine.BOUNDARY_LABEL
+        coords, labels = torch.cat([coords, extra], 1), torch.cat([labels, extra_labels], 1)
+    sam.train()
+    return coords, labels
+
+
+@pytest.mark.parametrize("form", ["sam", "authors"])
+def test_grown_clicks_are_those_of_the_annotator_written_plainly(form: str) -> None:
+    sam = tiny_model()
+    if form == "authors":
+        use_authors_decoder(sam)  # dropout in training mode: the annotator must not see it
+    batch = boundary_batch()
+    embeddings = sam.image_encoder(batch["image"]).detach()
+    grown = grown_clicks(sam, embeddings, batch, [1, 0], torch.device("cpu"))
+    for image in (0, 1):
+        flags = batch["is_boundary"][image]
+        coords, labels = reference_growth(
+            sam, embeddings[image : image + 1], batch["clicks"][image][flags], batch["targets"][image][flags], 7
+        )
+        torch.testing.assert_close(grown[image][0], coords)
+        assert torch.equal(grown[image][1], labels)
+        assert (labels == engine.BOUNDARY_LABEL).sum() > 2 * len(labels)  # clicks were added
+
+
+def test_the_batchs_heatmaps_are_each_images_own(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The loss's heatmaps come from one call over click lists padded to the longest; padding
+    slots must add nothing."""
+    import us43d.training.train as train_module
+
+    made = []
+    monkeypatch.setattr(train_module, "click_heatmaps", lambda *a: made.append(a) or click_heatmaps(*a))
+    sam, batch = tiny_model(), boundary_batch()
+    grown = {}
+    monkeypatch.setattr(train_module, "grown_clicks", lambda *a: grown.update(grown_clicks(*a)) or grown)
+    step_losses(sam, batch, tiny_config(prompt="boundary", boundary_click_images=1), torch.device("cpu"))
+    ((coords, valid, image_size, low),) = made
+    assert coords.shape[1] == 7  # image 1 grew to 7 clicks; image 0's two are padded
+    together = click_heatmaps(coords, valid, image_size, low)
+    flags = batch["is_boundary"][0]
+    alone0 = click_heatmaps(batch["clicks"][0][flags], torch.ones(int(flags.sum()), 2, dtype=torch.bool), image_size, low)
+    alone1 = click_heatmaps(grown[1][0], grown[1][1] == engine.BOUNDARY_LABEL, image_size, low)
+    torch.testing.assert_close(together, torch.cat([alone0, alone1]), rtol=0, atol=0)
 
 
 def test_clicks_grown_together_are_the_clicks_grown_image_by_image() -> None:

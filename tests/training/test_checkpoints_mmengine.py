@@ -48,6 +48,27 @@ def fake_mmengine() -> Iterator[type]:
         def __setstate__(self, state: dict) -> None:
             self.update(state)
 
+    class Config:  # MMEngine's Config pickles its state as a tuple
+        def __init__(self, text: str) -> None:
+            self._text = text
+
+        def __getstate__(self) -> tuple:
+            return ({"model": {"type": "SAM"}}, "ultrasam.py", self._text, {}, False, set())
+
+        def __setstate__(self, state: tuple) -> None:
+            self._text = state[2]
+
+    class Slotted:  # an object with __slots__ pickles (None, slots)
+        __slots__ = ("iteration",)
+
+        def __init__(self, iteration: int) -> None:
+            self.iteration = iteration
+
+    for cls in (Config, Slotted):
+        cls.__module__, cls.__qualname__ = CONFIG, cls.__name__
+        setattr(modules[CONFIG], cls.__name__, cls)
+    HistoryBuffer.config = Config
+    HistoryBuffer.slotted = Slotted
     HistoryBuffer.__module__ = HISTORY_BUFFER
     HistoryBuffer.__qualname__ = "HistoryBuffer"
     modules[HISTORY_BUFFER].HistoryBuffer = HistoryBuffer
@@ -76,7 +97,8 @@ def write_mmengine_checkpoint(
 ) -> None:
     """What MMEngine's runner saves: meta with the message hub, the weights under state_dict in
     MMDetection names (the authors' decoder form), the message hub again at the top; with
-    `config_dict`, also MMEngine ConfigDicts in the metadata (a configuration kept as objects)."""
+    `config_dict`, also a configuration kept as MMEngine objects in the metadata: ConfigDicts (dict
+    subclasses), a Config (tuple state) and an object with __slots__."""
     with fake_mmengine() as history_buffer:
         hub = {
             "log_scalars": {"train/loss": history_buffer([0.9, 0.4]), "train/lr": history_buffer([1e-4])},
@@ -87,6 +109,8 @@ def write_mmengine_checkpoint(
         if config_dict:
             config = history_buffer.config_dict
             meta["cfg"] = config(model=config(type="SAM", decoder=config(num_layers=2)), work_dir="work_dirs/UltraSam")
+            meta["config"] = history_buffer.config("model = dict(type='SAM')")
+            meta["progress"] = history_buffer.slotted(30_000)
         content = {"meta": meta, "state_dict": sam_to_mmdet(weights), "message_hub": hub, **extra}
         torch.save(content, path, _use_new_zipfile_serialization=not legacy)
     assert not any(name in sys.modules for name in MMENGINE_MODULES)
@@ -115,7 +139,7 @@ def test_the_fixture_names_mmengine_globals_as_the_release_does(ultrasam_like) -
         torch.load(path, weights_only=True)
 
 
-@pytest.mark.parametrize("config_dict", [False, True], ids=["hub", "hub+ConfigDict"])
+@pytest.mark.parametrize("config_dict", [False, True], ids=["hub", "hub+configs"])
 @pytest.mark.parametrize("legacy", [False, True], ids=["zip", "legacy"])
 def test_an_mmengine_checkpoint_reads_without_mmengine(tmp_path: Path, legacy: bool, config_dict: bool) -> None:
     weights = tiny_weights()
@@ -212,3 +236,30 @@ def test_a_torch_without_the_safe_loaders_tools_is_named(tmp_path: Path, monkeyp
     message = str(refused.value)
     assert str(path) in message and "PyTorch 2.6" in message and torch.__version__ in message
     assert "damaged" not in message and "weights_only" not in message
+
+
+class ShadowedDict:
+    """Pickles as an OrderedDict whose attributes are named like dict's methods (get, items,
+    keys), as a crafted file can make it: the loader must read it as the dict it is."""
+
+    def __init__(self, **items: object) -> None:
+        self.items_ = items
+
+    def __reduce__(self):
+        return (collections.OrderedDict, (), {"get": 5, "items": 3, "keys": 1}, None, iter(self.items_.items()))
+
+
+def test_a_dict_with_attributes_named_like_its_methods_is_read_as_a_dict(tmp_path: Path, demo_corpus: Path) -> None:
+    weights = tiny_weights()
+    path = tmp_path / "shadowed.pth"
+    torch.save(ShadowedDict(state_dict=ShadowedDict(**sam_to_mmdet(weights))), path)
+    assert_same(read_state_dict(path), weights)
+    # a run's checkpoint.pt so made still resumes (its config is read as a plain dict)
+    run = tmp_path / "run"
+    flags = ["--model", "tiny", "--iters", "1", "--batch-size", "2", "--workers", "0", "--init", "none"]
+    assert runner.invoke(app, ["train", "--corpus", str(demo_corpus), "--out", str(run), *flags]).exit_code == 0
+    state = torch.load(run / "checkpoint.pt", weights_only=True)
+    state["config"] = ShadowedDict(**state["config"])
+    torch.save(ShadowedDict(**state), run / "checkpoint.pt")
+    result = runner.invoke(app, ["train", "--corpus", str(demo_corpus), "--out", str(run), "--resume", "--iters", "2"])
+    assert result.exit_code == 0, result.output

@@ -5,7 +5,7 @@ MMEngine checkpoints (the UltraSam release) also carry metadata objects, a messa
 MMEngine HistoryBuffers holding NumPy arrays, possibly ConfigDicts; torch's safe loader refuses
 those. The globals a file names are listed first (torch's own static reading of the pickle),
 and when every one that torch does not allow is MMEngine's or NumPy's, each gets an inert
-stand-in (an OrderedDict for MMEngine's, which also takes a ConfigDict's items): the file
+stand-in (an OrderedDict for MMEngine's ConfigDict, whose items come after it is built): the file
 loads without MMEngine, and nothing it names is imported or run. Any other global refuses
 the file.
 
@@ -27,6 +27,7 @@ import zipfile
 from collections import OrderedDict
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -193,19 +194,24 @@ class MetadataStandIn:
 
 
 class MappingStandIn:
-    """Built by the safe loader in place of an MMEngine class or function: an empty OrderedDict.
+    """Built by the safe loader in place of MMEngine's ConfigDict: an empty OrderedDict.
 
     MMEngine's ConfigDict is a dict subclass whose items the pickle sets after building it, and
-    torch's safe loader sets items only on plain dicts, OrderedDicts and Counters; it also gives
-    an OrderedDict's state to its attributes. So an OrderedDict takes a ConfigDict's items and a
-    HistoryBuffer's fields alike, and nothing of MMEngine is imported or run."""
+    torch's safe loader sets items only on plain dicts, OrderedDicts and Counters; it gives an
+    OrderedDict's state (a ConfigDict's is itself) to its attributes. So an OrderedDict takes a
+    ConfigDict whole, and nothing of MMEngine is imported or run."""
 
     def __new__(cls, *args: Any, **kwargs: Any) -> OrderedDict:  # type: ignore[misc]
         return OrderedDict()
 
 
+# MMEngine's dict subclasses (their items come after they are built); every other MMEngine or
+# NumPy name gets MetadataStandIn, which takes any state (a Config's tuple, __slots__ pairs)
+DICT_STAND_INS = frozenset({"mmengine.config.config.ConfigDict", "mmengine.config.ConfigDict"})
+
+
 def _stand_in_for(name: str) -> type:
-    return MappingStandIn if name.startswith("mmengine.") else MetadataStandIn
+    return MappingStandIn if name in DICT_STAND_INS else MetadataStandIn
 
 
 def _stands_in(name: str) -> bool:
@@ -362,16 +368,18 @@ def read_weights(path: Path) -> Weights:
     raw = load_untrusted(path, f"checkpoint {path} does not exist")
     if not isinstance(raw, dict):
         raise CheckpointError(f"checkpoint {path} is not a state dict")
+    # dict's own methods throughout: a loaded OrderedDict can carry attributes named get or items
     record: Mapping[str, Any] | None = None
-    if isinstance(raw.get("model"), dict) and isinstance(raw.get("config"), dict) and "step" in raw:
+    entry = partial(dict.get, raw)
+    if isinstance(entry("model"), dict) and isinstance(entry("config"), dict) and "step" in raw:
         record, tensors = raw["config"], raw["model"]  # our checkpoint.pt
-    elif isinstance(raw.get("state_dict"), dict):  # mmengine
+    elif isinstance(entry("state_dict"), dict):  # mmengine
         tensors = raw["state_dict"]
-    elif isinstance(raw.get("model"), dict):  # MedSAM
+    elif isinstance(entry("model"), dict):  # MedSAM
         tensors = raw["model"]
     else:
         tensors = raw
-    state = {k.removeprefix("module."): v for k, v in tensors.items() if isinstance(k, str) and isinstance(v, torch.Tensor)}
+    state = {k.removeprefix("module."): v for k, v in dict.items(tensors) if isinstance(k, str) and isinstance(v, torch.Tensor)}
     if not state:
         raise CheckpointError(f"checkpoint {path} holds no tensors")
     if is_mmdet(state):
@@ -387,7 +395,7 @@ def read_weights(path: Path) -> Weights:
 def _recorded(weights: Weights, record: Mapping[str, Any]) -> Weights:
     from us43d.training.sam import DECODERS, MODEL_CONFIGS
 
-    model, size, decoder = record.get("model"), record.get("image_size"), record.get("decoder", "sam")
+    model, size, decoder = dict.get(record, "model"), dict.get(record, "image_size"), dict.get(record, "decoder", "sam")
     if model not in MODEL_CONFIGS or not (size is None or (isinstance(size, int) and size > 0)) or decoder not in DECODERS:
         return weights.without_record(f"ignored {weights.record_source}: its model, image_size or decoder is not one us43d knows")
     return replace(weights, form=decoder, record={"model": model, "image_size": size, "decoder": decoder})

@@ -1,7 +1,7 @@
 """SAMUSA's simulated annotator during training: boundary clicks that grow one by one.
 
 On a few images per batch (SAMUSA: 2) the boundary clicks of every instance grow from 2 up to
-the image's drawn count (2..10), each new click at the ground-truth boundary point furthest
+a count drawn once per batch (2..10), each new click at the ground-truth boundary point furthest
 from the boundary of what the model predicts with the clicks so far (`next_boundary_point`).
 The predictions are no-grad passes on the image embeddings the step has already computed;
 the instances of all growing images share one decoder call per added click, on the single
@@ -10,7 +10,8 @@ mask only (`engine.single_mask_logits`), which is what keeps the growth cheap ne
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from typing import Any
 
 import numpy as np
@@ -82,10 +83,10 @@ def grow_clicks(
     total = max(total, start)
     coords = torch.cat([coords.detach(), coords.new_zeros(len(coords), total - start, 2)], dim=1)
     labels = torch.cat([labels, labels.new_full((len(labels), total - start), engine.PADDING_LABEL)], dim=1)
-    with torch.inference_mode():
+    with _annotator_mode(coords.device.type):
         dense_pe = sam.prompt_encoder.get_dense_pe()
     for slot in range(start, total):
-        with torch.inference_mode():
+        with _annotator_mode(coords.device.type):
             sparse = engine.boundary_click_tokens(sam, coords[:, :slot], labels[:, :slot])
             predicted = (engine.single_mask_logits(sam, embeddings, image_of, sparse, dense_pe) > 0).cpu().numpy()
         points = [next_boundary_point(mask, seen, np.array(c)) for mask, seen, c in zip(masks, predicted, chosen)]
@@ -97,3 +98,19 @@ def grow_clicks(
             coords[rows, slot] = torch.from_numpy((np.stack([points[n] for n in found]) + 0.5) * scale - 0.5).to(coords)
             labels[rows, slot] = engine.BOUNDARY_LABEL
     return coords, labels
+
+
+@contextmanager
+def _annotator_mode(device_type: str) -> Iterator[None]:
+    """No gradients, and no autocast weight cache: autocast keeps the low-precision copies of
+    the weights it casts for the rest of its region, and copies made here, in inference mode,
+    would be reused by the step's training passes that follow (PyTorch before 2.10 lets them be:
+    the step then fails to save them for backward). Casting afresh costs nothing measurable."""
+    autocast = torch.autocast(
+        device_type,
+        dtype=torch.get_autocast_dtype(device_type),
+        enabled=torch.is_autocast_enabled(device_type),
+        cache_enabled=False,
+    )
+    with torch.inference_mode(), autocast:
+        yield

@@ -141,6 +141,8 @@ def boundary_click_tokens(sam: nn.Module, coords: torch.Tensor, labels: torch.Te
     encoder = sam.prompt_encoder
     if not has_boundary_embedding(sam):
         raise ValueError("boundary clicks need the boundary embedding: add_boundary_embedding(sam) first")
+    if not ((labels == BOUNDARY_LABEL) | (labels == PADDING_LABEL)).all():
+        raise ValueError(f"boundary_click_tokens takes boundary ({BOUNDARY_LABEL}) and padding ({PADDING_LABEL}) clicks only")
     positional = encoder.pe_layer.forward_with_coords(coords + 0.5, encoder.input_image_size)
     boundary = getattr(encoder, BOUNDARY_EMBED).weight
     padding = encoder.not_a_point_embed.weight
@@ -151,8 +153,8 @@ def boundary_click_tokens(sam: nn.Module, coords: torch.Tensor, labels: torch.Te
 def single_mask_logits(
     sam: nn.Module, embeddings: torch.Tensor, image_of: torch.Tensor, sparse: torch.Tensor, dense_pe: torch.Tensor | None = None
 ) -> torch.Tensor:
-    """(N, low, low) logits of the decoder's single-mask output (`multimask=False`), without
-    gradients, for N instances of several images: instance n is decoded on
+    """(N, low, low) logits of the decoder's single-mask output (`multimask=False`) for N
+    instances of several images, for passes without gradients: instance n is decoded on
     `embeddings[image_of[n]]` with its sparse tokens `sparse[n]` and no mask prompt.
 
     This is the simulated annotator's view while clicks grow in training: many small passes

@@ -531,7 +531,8 @@ def read_run_state(run: Path) -> dict[str, Any]:
         or not isinstance(state["config"], dict)
     ):
         raise CheckpointError(f"{path} is not a us43d training checkpoint (it lacks the model, optimizer, step or config)")
-    return state
+    # plain dicts from here: a loaded OrderedDict can carry attributes named like dict's methods
+    return {**dict(dict.items(state)), "config": dict(dict.items(state["config"]))}
 
 
 RUN_FILES = ("checkpoint.pt", "model.pth", "best.pth", "metrics.jsonl", "run.json", "losses.png", "tensorboard")
