@@ -80,6 +80,14 @@ def test_brachial_plexus(tmp_path: Path, rng: np.random.Generator) -> None:
 
 
 def test_thyroid_cineclip(tmp_path: Path, rng: np.random.Generator) -> None:
+    check_thyroid_cineclip(tmp_path, rng, padded=False)
+
+
+def test_thyroid_cineclip_ids_padded_with_spaces_keep_their_clips(tmp_path: Path, rng: np.random.Generator) -> None:
+    check_thyroid_cineclip(tmp_path, rng, padded=True)  # readers of the release strip the ids
+
+
+def check_thyroid_cineclip(tmp_path: Path, rng: np.random.Generator, padded: bool) -> None:
     folder = tmp_path / "raw" / "Thyroid-US-Cineclip"
     folder.mkdir(parents=True)
     nodule = ellipse((40, 50), (20, 25), (8, 10))
@@ -89,7 +97,8 @@ def test_thyroid_cineclip(tmp_path: Path, rng: np.random.Generator) -> None:
     with h5py.File(folder / "dataset.hdf5", "w") as handle:
         handle["image"] = images
         handle["mask"] = masks
-        handle["annot_id"] = np.array([b"n1", b"n1", b"n1", b"n2", b"n2", b"n2", b"n2"])
+        ids = [b"n1", b"n1", b"n1", b"n2", b"n2", b"n2", b"n2"]
+        handle["annot_id"] = np.array([i.ljust(6) if padded else i for i in ids])
         handle["frame_num"] = np.array([0, 1, 2, 0, 1, 2, 3])
     result, found = built_instances(tmp_path / "raw", tmp_path / "out", "Thyroid-US-Cineclip")
     assert result.item_errors == [] and result.reports["Thyroid-US-Cineclip"].images == 4

@@ -1,15 +1,19 @@
 """BrEaST (TCIA): `case<NNN>.png` with one mask per structure, `case<NNN>_<suffix>.png`.
-Suffix `tumor` is the breast lesion; any other suffix is another finding. One scan per
-patient, so the case is the group."""
+Suffix `tumor` is the breast lesion, numbered or not (`tumor2`: a case's second lesion; readers
+of the release show numbered suffixes such as `other1`); any other suffix is another finding.
+One scan per patient, so the case is the group."""
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from pathlib import Path
 
 from us43d.converters.base import Item, Sample, find_folder, relative
 from us43d.converters.readers import connected_components, read_binary_mask, read_image
 from us43d.registry.schema import DatasetEntry
+
+LESION = re.compile(r"tumou?r\d*")
 
 
 def list_items(raw: Path, entry: DatasetEntry) -> Iterator[Item]:
@@ -36,7 +40,7 @@ def read_item(raw: Path, item: Item, entry: DatasetEntry) -> Iterator[Sample]:
     image = read_image(raw / item.files[0])
     instances = []
     for mask_file in item.files[1:]:
-        category = lesion if Path(mask_file).stem.partition("_")[2].lower() == "tumor" else other
+        category = lesion if LESION.fullmatch(Path(mask_file).stem.partition("_")[2].lower()) else other
         mask = read_binary_mask(raw / mask_file, image.pixels.shape[:2])
         instances.extend((category, part) for part in connected_components(mask) if part.any())
     yield Sample(item.key, image.pixels, item.source_file, instances=instances, group=item.group, lossy=image.lossy)

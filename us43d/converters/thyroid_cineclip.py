@@ -27,12 +27,18 @@ def _open(path: Path):
         raise ConversionError(f"cannot open HDF5 file ({exc})", str(path)) from exc
 
 
+def _clip_ids(values: object) -> np.ndarray:
+    """annot_id as text: bytes (fixed or variable length) decoded, surrounding spaces dropped
+    (readers of the release strip them; padded ids would otherwise split a clip's key)."""
+    return np.array([(v.decode() if isinstance(v, bytes) else str(v)).strip() for v in np.asarray(values).tolist()])
+
+
 def list_items(raw: Path, entry: DatasetEntry) -> Iterator[Item]:
     files = sorted(raw.rglob("dataset.hdf5"))
     if not files:
         raise ConversionError("expected dataset.hdf5 in the raw folder", str(raw))
     with _open(files[0]) as handle:
-        ids = np.asarray(handle["annot_id"]).astype(str)
+        ids = _clip_ids(handle["annot_id"])
     for clip in sorted(set(ids.tolist())):
         rows = np.flatnonzero(ids == clip).tolist()
         yield Item(clip, (relative(raw, files[0]),), group=clip, meta={"rows": rows})
