@@ -337,6 +337,7 @@ class TrainDataset(torch.utils.data.Dataset):
         if self.mix["boundary"] > 0:
             for i in np.flatnonzero(kinds == BOUNDARY):
                 clicks[i] = first_boundary_points(resized[i], rng)
+            # the batch grows its chosen images to the count of the lowest-ranked one (click_growth)
             rank, count = rng.random(), int(rng.integers(2, self.max_clicks + 1))
         return {
             "image": image,
