@@ -24,3 +24,27 @@ def test_fake_tree(tmp_path: Path, rng: np.random.Generator) -> None:
     assert sorted(c for c, *_ in rows) == ["A-line", "pleural line", "rib", "rib"]
     line = next(m for c, *_, m in rows if c == "pleural line")
     np.testing.assert_array_equal(line, labels == 2)
+
+
+def test_the_same_name_in_train_and_test_gives_two_items(tmp_path: Path, rng: np.random.Generator) -> None:
+    """A train/test split of same-named frames (as readers of the release describe it) loses
+    nothing; two images that would still pair with one mask are reported, not overwritten."""
+    raw = tmp_path / "raw" / "LUSS-phantom" / "data-3"
+    labels = np.zeros((60, 80), np.uint8)
+    labels[20:22, 5:75] = 2
+    for part in ("train", "test"):
+        (raw / part / "images").mkdir(parents=True)
+        (raw / part / "masks").mkdir()
+        for n in range(2):
+            Image.fromarray(speckle_image(rng, (60, 80))).save(raw / part / "images" / f"clip-F{n}.png")
+            Image.fromarray(labels).save(raw / part / "masks" / f"clip-F{n}.png")
+    Image.fromarray(speckle_image(rng, (60, 80))).save(raw / "test" / "clip-F1.png")  # a second image for test's mask
+    result, found = built_instances(tmp_path / "raw", tmp_path / "out", "LUSS-phantom")
+    assert result.reports["LUSS-phantom"].images == 3
+    assert sorted(found) == [
+        "data-3/test/images/clip-F0.png",
+        "data-3/train/images/clip-F0.png",
+        "data-3/train/images/clip-F1.png",
+    ]
+    (error,) = [e for e in result.item_errors if "several files" in e["reason"]]
+    assert "clip-F1" in error["file"] or "clip-F1" in str(error)

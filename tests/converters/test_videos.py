@@ -1,5 +1,6 @@
 """Fake EchoNet-Dynamic, EchoNet-Pediatric and brachial plexus videos, thyroid cine clips (HDF5)."""
 
+import shutil
 from pathlib import Path
 
 import h5py
@@ -136,6 +137,10 @@ def test_fast_u_net_and_regpro(tmp_path: Path, rng: np.random.Generator) -> None
                 nib.save(nib.Nifti1Image(array, np.eye(4)), root / part / folder / f"{case}.nii.gz")
     result, found = built_instances(tmp_path / "raw", tmp_path / "out2", "regPro")
     assert result.item_errors == [] and result.reports["regPro"].images == 8 and result.reports["regPro"].instances == 12
+    # a release with train/ only (the challenge leaves the val split to its users) is read as it is
+    shutil.rmtree(root / "val")
+    result, found = built_instances(tmp_path / "raw", tmp_path / "out3", "regPro")
+    assert result.item_errors == [] and result.reports["regPro"].images == 4
 
 
 def test_echonet_cavity_on_the_sector_edge_is_kept_and_spill_is_cleaned(tmp_path: Path, rng: np.random.Generator) -> None:

@@ -52,6 +52,30 @@ def test_segthy(tmp_path: Path, rng: np.random.Generator) -> None:
     assert set(groups) == {"001", "002"}
 
 
+def test_segthy_neck_labels_give_the_vessels_of_both_sides(tmp_path: Path, rng: np.random.Generator) -> None:
+    """Labels that cover the neck, as readers of the release describe them: 1 thyroid, 2/4 the
+    left/right carotid artery, 3/5 the left/right jugular vein."""
+    root = tmp_path / "raw" / "SegThy" / "US_volunteer_dataset" / "ground_truth_data"
+    image, label = volume_pair(rng, labelled=(2,))
+    blobs = {
+        value: ellipse(label.shape[1:], centre, (3, 3))
+        for value, centre in ((2, (8, 8)), (3, (8, 40)), (4, (32, 8)), (5, (32, 40)))
+    }
+    for value, blob in blobs.items():
+        label[2][blob] = value
+    save_nifti(root / "US" / "003_P1_1_left_US.nii", image)
+    save_nifti(root / "US_thyroid_label" / "003_P1_1_left.nii", label)
+    result, found = built_instances(tmp_path / "raw", tmp_path / "out", "SegThy")
+    assert result.item_errors == [] and result.reports["SegThy"].images == 1
+    ((_, rows),) = found.items()
+    by_category: dict[str, list[np.ndarray]] = {}
+    for category, _, _, mask in rows:
+        by_category.setdefault(category, []).append(mask)
+    assert sorted((c, len(m)) for c, m in by_category.items()) == [("carotid artery", 2), ("jugular vein", 2), ("thyroid", 1)]
+    for value, category in ((2, "carotid artery"), (4, "carotid artery"), (3, "jugular vein"), (5, "jugular vein")):
+        assert any(np.array_equal(mask, blobs[value].T) for mask in by_category[category])
+
+
 def test_camus_sequences(tmp_path: Path, rng: np.random.Generator) -> None:
     root = tmp_path / "raw" / "CAMUS" / "CAMUS_public"
     for patient in ("patient0001", "patient0002", "patient0003"):

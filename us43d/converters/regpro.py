@@ -1,4 +1,5 @@
-"""mu-RegPro: `{train,val}/us_images/<case>.nii.gz` with `{train,val}/us_labels/<case>.nii.gz`,
+"""mu-RegPro: `{train,val}/us_images/<case>.nii.gz` with `{train,val}/us_labels/<case>.nii.gz`
+(either part may be absent),
 a 4D label of one binary channel per structure (gland and landmarks, overlapping). Every
 channel's components become instances of the one class-agnostic category; MR files are not
 read. Slices with no label are dropped; the case is the group."""
@@ -16,10 +17,21 @@ from us43d.converters.volumes import slice_fields_of_view
 from us43d.errors import ConversionError
 from us43d.registry.schema import DatasetEntry
 
+PARTS = ("train", "val")
+
 
 def list_items(raw: Path, entry: DatasetEntry) -> Iterator[Item]:
-    for part in ("train", "val"):
-        root = find_folder(raw, f"{part}/us_images").parent
+    # the challenge's own code says users may split the data into train/ and val/ themselves:
+    # a release with train/ only (or a user's val/ alone) is read as it is
+    roots = {}
+    for part in PARTS:
+        try:
+            roots[part] = find_folder(raw, f"{part}/us_images").parent
+        except ConversionError:
+            continue
+    if not roots:
+        raise ConversionError("expected train/us_images or val/us_images in the raw folder", source_file=str(raw))
+    for part, root in roots.items():
         images = {p.name.removesuffix(".nii.gz"): p for p in sorted((root / "us_images").glob("*.nii.gz"))}
         labels = {p.name.removesuffix(".nii.gz"): p for p in sorted((root / "us_labels").glob("*.nii.gz"))}
         for key, files, problem in pair_files(raw, images, labels):

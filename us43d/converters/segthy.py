@@ -1,5 +1,11 @@
-"""SegThy: `US_volunteer_dataset/ground_truth_data/US/<id>_US.nii` with the thyroid label
-`.../US_thyroid_label/<id>.nii`; ids start with the volunteer number, the group."""
+"""SegThy: `US_volunteer_dataset/ground_truth_data/US/<id>_US.nii` with the label
+`.../US_thyroid_label/<id>.nii`; ids start with the volunteer number, the group.
+
+Value 1 is the thyroid. Readers of the release describe the US labels as covering the neck,
+with 2/4 the left/right carotid artery and 3/5 the left/right jugular vein (the MRI labels'
+documented scheme); others find thyroid only. Both read here: vessel values become their
+category, either side (the authors' script keeps 2 and 3 and drops 4 and 5), and any other
+value is refused."""
 
 from __future__ import annotations
 
@@ -20,5 +26,5 @@ def list_items(raw: Path, entry: DatasetEntry) -> Iterator[Item]:
 
 
 def read_item(raw: Path, item: Item, entry: DatasetEntry) -> Iterator[Sample]:
-    # the released US labels are thyroid only (value 1); vessel values would be refused, not guessed
-    yield from read_volume_pair(raw, item, entry, {1: entry.categories[0]})
+    thyroid, carotid, jugular = entry.categories
+    yield from read_volume_pair(raw, item, entry, {1: thyroid, 2: carotid, 3: jugular, 4: carotid, 5: jugular})
