@@ -102,6 +102,10 @@ def test_asus(tmp_path: Path, rng: np.random.Generator) -> None:
         masks[4, ..., 0] = bone
         np.save(root / f"{scan}_ultrasound.npy", frames)
         np.save(root / f"{scan}_segmentation.npy", masks)
+        # what the authors' exporter writes beside them (a name sorting after "ultrasound" too)
+        np.save(root / f"{scan}_indices.npy", np.arange(5))
+        np.save(root / f"{scan}_transform.npy", np.tile(np.eye(4), (5, 1, 1)))
+        np.save(root / f"{scan}_voxels.npy", np.zeros(3))
     result, found = built_instances(tmp_path / "raw", tmp_path / "out", "ASUS")
     assert result.item_errors == [] and result.reports["ASUS"].images == 4
     ((category, _, group, mask),) = found["ASUS/DataArrays/q001_ultrasound.npy"][:1]

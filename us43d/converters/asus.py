@@ -1,6 +1,7 @@
 """ASUS: tracked spine sweeps as NumPy arrays, `q<NNN>_ultrasound.npy` (floats in [0, 1], shape
 (frames, 128, 128, 1)) with `q<NNN>_segmentation.npy` (0/1). Frames are turned 180 degrees as
-in the anchor script; frames without bone surface are dropped. Loaded without pickle."""
+in the anchor script; frames without bone surface are dropped. Loaded without pickle. Other
+arrays beside them (the exporter's `_indices.npy`, `_transform.npy`) are not read."""
 
 from __future__ import annotations
 
@@ -14,11 +15,13 @@ from us43d.converters.volumes import frames_field_of_view
 from us43d.errors import ConversionError
 from us43d.registry.schema import DatasetEntry
 
+IMAGE, MASK = "_ultrasound.npy", "_segmentation.npy"
+
 
 def list_items(raw: Path, entry: DatasetEntry) -> Iterator[Item]:
-    files = sorted(raw.rglob("*.npy"))
-    images = {p.name.split("_")[0]: p for p in files if "segmentation" not in p.name}
-    masks = {p.name.split("_")[0]: p for p in files if "segmentation" in p.name}
+    # the authors' exporter also writes q<NNN>_indices.npy and q<NNN>_transform.npy beside them
+    images = {p.name.removesuffix(IMAGE): p for p in sorted(raw.rglob(f"*{IMAGE}"))}
+    masks = {p.name.removesuffix(MASK): p for p in sorted(raw.rglob(f"*{MASK}"))}
     for key, pair, problem in pair_files(raw, images, masks):
         yield Item(key, pair, group=key, problem=problem)
 
