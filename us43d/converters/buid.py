@@ -1,12 +1,13 @@
 """BUID: `Benign/<n> Benign Image.bmp` with `Benign/<n> Benign Mask.tif`, and the same for
-Malignant. Pathology is not a category (one lesion class)."""
+Malignant (`<n> Benign Lesion.bmp`, a drawing of the lesion on the image, is not read). Pathology
+is not a category (one lesion class); a .tif under any other name is reported."""
 
 from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
 
-from us43d.converters.base import Item, find_folder, pair_files
+from us43d.converters.base import Item, find_folder, pair_files, relative
 from us43d.converters.pairs import read_binary_pair as read_item  # noqa: F401
 from us43d.registry.schema import DatasetEntry
 
@@ -18,3 +19,6 @@ def list_items(raw: Path, entry: DatasetEntry) -> Iterator[Item]:
         masks = {p.name.removesuffix(" Mask.tif"): p for p in folder.glob("* Mask.tif")}
         for key, files, problem in pair_files(raw, images, masks):
             yield Item(key.replace(" ", "_"), files, problem=problem)
+        # a mask under another name (a second lesion's?) would be lost unseen: report it
+        for other in sorted(p for p in folder.glob("*.tif") if p.suffix == ".tif" and not p.name.endswith(" Mask.tif")):
+            yield Item(other.stem.replace(" ", "_"), (relative(raw, other),), problem="a mask not named '<n> <Class> Mask.tif'")
