@@ -24,7 +24,7 @@ def test_fake_tree(tmp_path: Path, rng: np.random.Generator) -> None:
     result, found = built_instances(tmp_path / "raw", tmp_path / "out", "AUL")
     assert result.item_errors == [] and result.reports["AUL"].images == 4 and result.reports["AUL"].instances == 11
     rows = {c: m for c, *_, m in found["Malignant/Malignant/image/3.jpg"]}
-    assert set(rows) == {"liver", "liver mass", "liver outline"}
+    assert set(rows) == {"liver", "liver mass", "scan sector"}
     np.testing.assert_array_equal(rows["liver mass"], polygons_to_mask([[v for p in MASS for v in p]], 60, 80, "m", "centres"))
     liver = np.zeros((60, 80), bool)
     liver[10:51, 10:71] = True  # vertices on pixel centres: the rectangle's corner pixels are in, nothing beyond

@@ -1,6 +1,7 @@
 """AUL: `<Class>/image/<n>.jpg` with polygon files `<Class>/segmentation/{liver,mass,outline}/<n>.json`
 (a plain list of [x, y] vertices on pixel centres), for the classes Benign, Malignant and
-Normal. Each polygon is one instance; pathology is not a category."""
+Normal. Each polygon is one instance; pathology is not a category. `outline` traces the scan
+sector (the field of view), so its category is named for that."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ from us43d.errors import ConversionError
 from us43d.registry.schema import DatasetEntry
 
 CLASSES = ("Benign", "Malignant", "Normal")
-STRUCTURES = {"liver": "liver", "mass": "liver mass", "outline": "liver outline"}
+STRUCTURES = {"liver": "liver", "mass": "liver mass", "outline": "scan sector"}  # outline: the scan sector, not the liver
 
 
 def list_items(raw: Path, entry: DatasetEntry) -> Iterator[Item]:
