@@ -69,7 +69,8 @@ def test_brachial_plexus(tmp_path: Path, rng: np.random.Generator) -> None:
         for i in range(4):  # the last frame has no mask
             truth[(video, i)] = write_pair(rng, None, data / device / "ac_masks" / video / f"{video}_{i:03d}.jpg", shape=(48, 64))
     needle = np.zeros((48, 64), bool)
-    needle[5:8, 5:40] = True
+    needle[5:8, 5:20] = True
+    needle[5:8, 23:40] = True  # a line broken in two, as JPEG can leave a thin needle: still one needle
     write_pair(rng, None, data / "Sonosite" / "needle" / "needle_masks" / "s005" / "s005_001.jpg", mask=needle)
     result, found = built_instances(tmp_path / "raw", tmp_path / "out", "brachial-plexus")
     assert result.item_errors == [] and result.reports["brachial-plexus"].images == 8

@@ -49,13 +49,15 @@ def read_item(raw: Path, item: Item, entry: DatasetEntry) -> Iterator[Sample]:
     if missing:
         raise ConversionError(f"masks of frames {missing[:5]} are beyond the end of the video", item.source_file)
     for index, frame in sorted(frames.items()):
-        instances = [
-            (category, part)
-            for category, numbered in masks.items()
-            if index in numbered
-            for part in connected_components(read_binary_mask(raw / numbered[index], frame.shape[:2]))
-            if part.any()
-        ]
+        instances = []
+        for category, numbered in masks.items():
+            if index not in numbered:
+                continue
+            mask = read_binary_mask(raw / numbered[index], frame.shape[:2])
+            # a frame shows one needle, a line a few pixels wide that JPEG can break into pieces:
+            # it stays one instance; the plexus masks are unions of boxes, taken piece by piece
+            parts = [mask] if category == needle_name else connected_components(mask)
+            instances.extend((category, part) for part in parts if part.any())
         yield Sample(
             f"{item.key}/{index:04d}",
             frame,
