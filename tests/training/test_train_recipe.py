@@ -188,6 +188,15 @@ def test_a_short_run_logs_the_scaled_schedule_and_says_so(demo_corpus: Path, tmp
     assert state["config"]["warmup_iters"] == 1 and tuple(state["config"]["milestones"]) == (20, 29)
 
 
+def test_a_decay_that_falls_after_the_last_iteration_is_not_listed_as_applied() -> None:
+    from us43d.training.train import describe_schedule
+
+    text = describe_schedule(TrainConfig(iters=10), frozenset({"warmup_iters", "milestones"}))  # decays at 7 and 10
+    assert "lr x0.1 at 7 (a decay at 10 falls after the last iteration)" in text
+    assert [lr_factor(step, TrainConfig(iters=10)) for step in range(10)][-1] == pytest.approx(0.1)  # only one decay ran
+    assert "falls after" not in describe_schedule(TrainConfig(iters=30), frozenset())  # 20 and 29 both run
+
+
 def test_an_extended_run_keeps_the_schedule_it_started_with(demo_corpus: Path, tmp_path: Path) -> None:
     scaled = tiny_config(iters=3, warmup_iters=None, milestones=None)  # warm-up 0, decays at 2 and 3
     train(demo_corpus, tmp_path / "part", scaled)
@@ -225,6 +234,8 @@ def test_the_best_validation_checkpoint_is_kept_beside_the_last(
     assert log["best"] == {"file": "best.pth", "step": 4, "val_mAP": 30.0}
     records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert [(r["step"], r["val_mAP"]) for r in records if "val_mAP" in r] == [(2, 10.0), (4, 30.0), (6, 20.0)]
+    protocols = [r["val_protocol"] for r in records if "val_mAP" in r]  # each record says how it was measured
+    assert all(p["refine"] is True and p["preset"] == "authors" and p["class_agnostic"] for p in protocols)
     assert (tmp_path / "run" / "losses.png").is_file()  # the plot skips validation records
     monkeypatch.undo()
     train(demo_corpus, tmp_path / "four", tiny_config(iters=4))

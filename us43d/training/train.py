@@ -349,9 +349,13 @@ def batch_plan(config: TrainConfig, world: int) -> BatchPlan:
 
 def describe_schedule(config: TrainConfig, derived: frozenset[str]) -> str:
     warmup, milestones = schedule(config)
-    decays = " and ".join(f"{m:,}" for m in milestones) if milestones else "none"
+    applied = [m for m in milestones if m < config.iters]  # iterations run 0 .. iters - 1
+    decays = " and ".join(f"{m:,}" for m in applied) if applied else "none"
     ramp = f"warm-up {warmup:,} (lr x{config.warmup_factor:g} -> x1)" if warmup else "no warm-up"
     text = f"schedule: {config.iters:,} iterations, peak lr {config.lr:g}, {ramp}, lr x{config.gamma:g} at {decays}"
+    late = [m for m in milestones if m >= config.iters]
+    if late:
+        text += f" (a decay at {' and '.join(f'{m:,}' for m in late)} falls after the last iteration)"
     scaled_names = [label for name, label in (("warmup_iters", "warm-up"), ("milestones", "decays")) if name in derived]
     if scaled_names and config.iters != RECIPE_ITERS:
         text += f" ({' and '.join(scaled_names)} scaled from the recipe's 500 / 20,000 / 28,888 of 30,000)"
@@ -832,7 +836,15 @@ def _train(
                         summary["best"] = _best_entry(validation)
                         _write_json(run / "run.json", summary)
                     assert log is not None
-                    log.write({"step": done, "val_mAP": score, "val": table, "val_best_step": validation.best_step})
+                    log.write(
+                        {
+                            "step": done,
+                            "val_mAP": score,
+                            "val": table,
+                            "val_best_step": validation.best_step,
+                            "val_protocol": validator.protocol.as_dict(),  # how the figures were measured
+                        }
+                    )
                     if console:
                         best = f"best {validation.best_map:.2f} at step {validation.best_step}"
                         console.print(f"step {done}: val mAP {score:.2f} ({'best so far: best.pth' if improved else best})")
