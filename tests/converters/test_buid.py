@@ -30,8 +30,10 @@ def test_a_mask_under_another_name_is_reported_not_lost(tmp_path: Path, rng: np.
         write_pair(rng, raw / "Benign" / f"{n} Benign Image.bmp", raw / "Benign" / f"{n} Benign Mask.tif")
         write_pair(rng, raw / "Malignant" / f"{n} Malignant Image.bmp", raw / "Malignant" / f"{n} Malignant Mask.tif")
     write_pair(rng, raw / "Benign" / "2 Benign Lesion.bmp", raw / "Benign" / "2 Benign Mask 2.tif")  # lesion drawing: not read
+    write_pair(rng, None, raw / "Malignant" / "1 Malignant.TIF")  # a name that once shared a pair's key, another case
     result, _ = built_instances(tmp_path / "raw", tmp_path / "out", "BUID")
     assert result.reports["BUID"].images == 4
-    assert [(e["file"], e["reason"]) for e in result.item_errors] == [
-        ("Benign/2 Benign Mask 2.tif", "a mask not named '<n> <Class> Mask.tif'")
+    assert sorted((e["file"], e["reason"]) for e in result.item_errors) == [
+        ("Benign/2 Benign Mask 2.tif", "a mask not named '<n> <Class> Mask.tif'"),
+        ("Malignant/1 Malignant.TIF", "a mask not named '<n> <Class> Mask.tif'"),
     ]

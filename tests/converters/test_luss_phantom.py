@@ -1,3 +1,4 @@
+import json
 from pathlib import Path
 
 import numpy as np
@@ -46,5 +47,27 @@ def test_the_same_name_in_train_and_test_gives_two_items(tmp_path: Path, rng: np
         "data-3/train/images/clip-F0.png",
         "data-3/train/images/clip-F1.png",
     ]
-    (error,) = [e for e in result.item_errors if "several files" in e["reason"]]
-    assert "clip-F1" in error["file"] or "clip-F1" in str(error)
+    assert [(e["file"], e["reason"]) for e in result.item_errors] == [
+        ("data-3/test/clip-F1.png", "several images or masks have this name in this place of the tree")
+    ]
+
+
+def test_keys_do_not_depend_on_the_archive_folder_and_image_folders_may_be_named_otherwise(
+    tmp_path: Path, rng: np.random.Generator
+) -> None:
+    labels = np.zeros((60, 80), np.uint8)
+    labels[20:22, 5:75] = 2
+    keys = {}
+    for top, image_folder in (("LUSS_phantom", "images"), ("download/LUSS", "Images")):
+        raw = tmp_path / top.replace("/", "_") / "raw" / "LUSS-phantom" / top
+        (raw / image_folder).mkdir(parents=True)
+        (raw / "Masks").mkdir()
+        for n in range(2):
+            Image.fromarray(speckle_image(rng, (60, 80))).save(raw / image_folder / f"frame_{n}.png")
+            Image.fromarray(labels).save(raw / "Masks" / f"frame_{n}.png")
+        root = tmp_path / top.replace("/", "_")
+        result, _ = built_instances(root / "raw", root / "out", "LUSS-phantom")
+        assert result.item_errors == [] and result.reports["LUSS-phantom"].images == 2
+        coco = (root / "out" / "coco" / "LUSS-phantom").glob("*.json")
+        keys[top] = sorted(i["file_name"] for path in coco for i in json.loads(path.read_text())["images"])
+    assert keys["LUSS_phantom"] == keys["download/LUSS"]  # the same images whatever the archive's folders

@@ -105,9 +105,12 @@ def test_asus(tmp_path: Path, rng: np.random.Generator) -> None:
         # what the authors' exporter writes beside them (a name sorting after "ultrasound" too)
         np.save(root / f"{scan}_indices.npy", np.arange(5))
         np.save(root / f"{scan}_transform.npy", np.tile(np.eye(4), (5, 1, 1)))
-        np.save(root / f"{scan}_voxels.npy", np.zeros(3))
+    np.save(root / "q001_voxels.npy", np.zeros(3))  # a name sorting after "ultrasound": reported, not taken
     result, found = built_instances(tmp_path / "raw", tmp_path / "out", "ASUS")
-    assert result.item_errors == [] and result.reports["ASUS"].images == 4
+    assert [(e["file"], e["reason"]) for e in result.item_errors] == [
+        ("ASUS/DataArrays/q001_voxels.npy", "an array named neither q<NNN>_ultrasound.npy nor q<NNN>_segmentation.npy")
+    ]
+    assert result.reports["ASUS"].images == 4
     ((category, _, group, mask),) = found["ASUS/DataArrays/q001_ultrasound.npy"][:1]
     assert (category, group) == ("spine", "q001")
     np.testing.assert_array_equal(mask, bone[::-1, ::-1])

@@ -74,6 +74,13 @@ def test_segthy_neck_labels_give_the_vessels_of_both_sides(tmp_path: Path, rng: 
     assert sorted((c, len(m)) for c, m in by_category.items()) == [("carotid artery", 2), ("jugular vein", 2), ("thyroid", 1)]
     for value, category in ((2, "carotid artery"), (4, "carotid artery"), (3, "jugular vein"), (5, "jugular vein")):
         assert any(np.array_equal(mask, blobs[value].T) for mask in by_category[category])
+    label[2][blobs[5]] = 6  # a value no reader of the release names: the volume is refused, naming the file
+    save_nifti(root / "US_thyroid_label" / "003_P1_1_left.nii", label)
+    result, found = built_instances(tmp_path / "raw", tmp_path / "out6", "SegThy")
+    assert [e["file"] for e in result.item_errors] == [
+        "US_volunteer_dataset/ground_truth_data/US_thyroid_label/003_P1_1_left.nii"
+    ]
+    assert "unexpected values [6]" in result.item_errors[0]["reason"] and not found
 
 
 def test_camus_sequences(tmp_path: Path, rng: np.random.Generator) -> None:

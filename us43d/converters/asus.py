@@ -1,7 +1,8 @@
 """ASUS: tracked spine sweeps as NumPy arrays, `q<NNN>_ultrasound.npy` (floats in [0, 1], shape
 (frames, 128, 128, 1)) with `q<NNN>_segmentation.npy` (0/1). Frames are turned 180 degrees as
 in the anchor script; frames without bone surface are dropped. Loaded without pickle. Other
-arrays beside them (the exporter's `_indices.npy`, `_transform.npy`) are not read."""
+arrays beside them (the exporter's `_indices.npy`, `_transform.npy`) are not read; any other
+array is reported, as it might be a sweep under another name."""
 
 from __future__ import annotations
 
@@ -10,18 +11,29 @@ from pathlib import Path
 
 import numpy as np
 
-from us43d.converters.base import Item, Sample, pair_files
+from us43d.converters.base import Item, Sample, pair_files, relative
 from us43d.converters.volumes import frames_field_of_view
 from us43d.errors import ConversionError
 from us43d.registry.schema import DatasetEntry
 
 IMAGE, MASK = "_ultrasound.npy", "_segmentation.npy"
+EXPORTER_EXTRAS = ("_indices.npy", "_transform.npy")  # the authors' exporter writes them beside each sweep
 
 
 def list_items(raw: Path, entry: DatasetEntry) -> Iterator[Item]:
-    # the authors' exporter also writes q<NNN>_indices.npy and q<NNN>_transform.npy beside them
-    images = {p.name.removesuffix(IMAGE): p for p in sorted(raw.rglob(f"*{IMAGE}"))}
-    masks = {p.name.removesuffix(MASK): p for p in sorted(raw.rglob(f"*{MASK}"))}
+    found: dict[str, dict[str, list[Path]]] = {IMAGE: {}, MASK: {}}
+    for path in sorted(raw.rglob("*.npy")):
+        suffix = next((s for s in (IMAGE, MASK) if path.name.endswith(s)), None)
+        if suffix is not None:
+            found[suffix].setdefault(path.name.removesuffix(suffix), []).append(path)
+        elif not path.name.endswith(EXPORTER_EXTRAS):  # anything else might be a sweep under another name
+            yield Item(path.stem, (relative(raw, path),), problem=f"an array named neither q<NNN>{IMAGE} nor q<NNN>{MASK}")
+    clashes = {key for kind in found.values() for key, paths in kind.items() if len(paths) > 1}
+    for key in sorted(clashes):
+        paths = found[IMAGE].get(key, []) + found[MASK].get(key, [])
+        yield Item(key, tuple(relative(raw, p) for p in paths), problem="several sweeps or masks have this name")
+    images = {key: paths[0] for key, paths in found[IMAGE].items() if key not in clashes}
+    masks = {key: paths[0] for key, paths in found[MASK].items() if key not in clashes}
     for key, pair, problem in pair_files(raw, images, masks):
         yield Item(key, pair, group=key, problem=problem)
 

@@ -195,11 +195,20 @@ def one_class_sample(item: Item, image: Any, mask: np.ndarray, category: str) ->
 
 
 def find_folder(raw: Path, marker: str, max_depth: int = 5) -> Path:
+    folder = find_optional_folder(raw, marker, max_depth)
+    if folder is None:
+        raise ConversionError(f"expected a folder '{marker}' in the raw folder", source_file=str(raw))
+    return folder
+
+
+def find_optional_folder(raw: Path, marker: str, max_depth: int = 5) -> Path | None:
     """The folder whose path ends with `marker` ("tn3k", "2_preprocessed_data/stage1"),
     searched a few levels below `raw`: releases nest their data under title folders, and
     combined archives (one download serving several datasets) nest them deeper. A folder that
     holds nothing but a folder of its own name (`TNSCUI2020_train/TNSCUI2020_train/`, an archive
-    extracted into a folder named after it) stands for that inner folder."""
+    extracted into a folder named after it) stands for that inner folder. None when there is no
+    such folder (`find_folder` refuses that); several matches, or a folder that cannot be
+    listed, are refused either way."""
     parts = tuple(Path(marker).parts)
     found: list[Path] = []
     frontier = [raw]
@@ -214,7 +223,7 @@ def find_folder(raw: Path, marker: str, max_depth: int = 5) -> Path:
             break
         frontier = following
     if not found:
-        raise ConversionError(f"expected a folder '{marker}' in the raw folder", source_file=str(raw))
+        return None
     if len(found) > 1:
         raise ConversionError(f"several folders match '{marker}': {[relative(raw, f) for f in found[:3]]}", source_file=str(raw))
     folder = found[0]

@@ -9,6 +9,8 @@ import re
 from collections.abc import Iterator
 from pathlib import Path
 
+import numpy as np
+
 from us43d.converters.base import Item, Sample, relative
 from us43d.converters.readers import connected_components, read_binary_mask
 from us43d.converters.volumes import video_frames
@@ -53,10 +55,12 @@ def read_item(raw: Path, item: Item, entry: DatasetEntry) -> Iterator[Sample]:
         for category, numbered in masks.items():
             if index not in numbered:
                 continue
-            mask = read_binary_mask(raw / numbered[index], frame.shape[:2])
-            # a frame shows one needle, a line a few pixels wide that JPEG can break into pieces:
-            # it stays one instance; the plexus masks are unions of boxes, taken piece by piece
-            parts = [mask] if category == needle_name else connected_components(mask)
+            parts = connected_components(read_binary_mask(raw / numbered[index], frame.shape[:2]))
+            if category == needle_name:
+                # a frame shows one needle, a line a few pixels wide that JPEG can break into
+                # pieces: the pieces of needle size are one instance, JPEG's specks are left out
+                parts = [p for p in parts if np.count_nonzero(p) >= entry.min_area]
+                parts = [np.logical_or.reduce(parts)] if parts else []
             instances.extend((category, part) for part in parts if part.any())
         yield Sample(
             f"{item.key}/{index:04d}",

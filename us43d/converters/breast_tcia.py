@@ -1,6 +1,7 @@
 """BrEaST (TCIA): `case<NNN>.png` with one mask per structure, `case<NNN>_<suffix>.png`.
-Suffix `tumor` is the breast lesion, numbered or not (`tumor2`: a case's second lesion; readers
-of the release show numbered suffixes such as `other1`); any other suffix is another finding.
+Suffix `tumor` is the breast lesion, numbered or not (`tumor2` would be a second lesion: readers
+of the release show numbered suffixes such as `other1`, a numbered `tumor` is unchecked); any
+other suffix is another finding.
 One scan per patient, so the case is the group."""
 
 from __future__ import annotations

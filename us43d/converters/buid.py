@@ -20,5 +20,7 @@ def list_items(raw: Path, entry: DatasetEntry) -> Iterator[Item]:
         for key, files, problem in pair_files(raw, images, masks):
             yield Item(key.replace(" ", "_"), files, problem=problem)
         # a mask under another name (a second lesion's?) would be lost unseen: report it
-        for other in sorted(p for p in folder.glob("*.tif") if p.suffix == ".tif" and not p.name.endswith(" Mask.tif")):
-            yield Item(other.stem.replace(" ", "_"), (relative(raw, other),), problem="a mask not named '<n> <Class> Mask.tif'")
+        strays = [p for p in folder.iterdir() if p.suffix.lower() in (".tif", ".tiff") and not p.name.endswith(" Mask.tif")]
+        for other in sorted(strays):
+            key = f"{other.name.replace(' ', '_')}/unmatched"  # never a pair's key
+            yield Item(key, (relative(raw, other),), problem="a mask not named '<n> <Class> Mask.tif'")

@@ -1,9 +1,11 @@
 """LUSS phantom: every PNG under a folder whose path contains `masks` is a label map (1 rib,
 2 pleural line, 3 A-line, 4 B-line, 5 B-line confluence); other PNGs are images; same names.
 
-An image pairs with the mask of the same name in the same place of the tree, the `images` and
-`*masks*` folders aside, so `train/images/x.png` and `test/images/x.png` (a split that readers
-of the release describe) stay two items; two files that still share a key are reported."""
+An image pairs with the mask of the same name in the same place of the tree, image and mask
+folders aside (`train/images/x.png` with `train/masks/x.png`), so the same name in `train/` and
+`test/` (a split that readers of the release describe) gives two items. Folders that hold every
+PNG (the archive's own) are not part of the key. Files that still share a key are reported
+together, not paired by chance."""
 
 from __future__ import annotations
 
@@ -15,20 +17,41 @@ from us43d.converters.base import Item, Sample, label_map_sample, pair_files, re
 from us43d.converters.readers import read_image, read_label_map
 from us43d.registry.schema import DatasetEntry
 
+IMAGE_FOLDERS = {"images", "image", "imgs", "img"}
+
+
+def _is_mask(folders: tuple[str, ...]) -> bool:
+    return any("masks" in folder.lower() for folder in folders)
+
+
+def _shared_length(places: list[tuple[str, ...]]) -> int:
+    """How many leading folders all the files share."""
+    if not places:
+        return 0
+    length = min(len(place) for place in places)
+    for place in places[1:]:
+        length = next((i for i in range(length) if place[i] != places[0][i]), length)
+    return length
+
 
 def list_items(raw: Path, entry: DatasetEntry) -> Iterator[Item]:
-    found: dict[bool, dict[str, list[Path]]] = {True: defaultdict(list), False: defaultdict(list)}
-    for path in sorted(raw.rglob("*.png")):
-        folders = path.relative_to(raw).parent.parts
-        is_mask = "masks" in "/".join(folders)
-        key = "/".join([*(f for f in folders if f != "images" and "masks" not in f), path.stem])
-        found[is_mask][key].append(path)
-    for kind in found.values():
-        for key, paths in kind.items():
-            if len(paths) > 1:
-                yield Item(key, tuple(relative(raw, p) for p in paths), problem="several files have this name here")
-    images = {key: paths[0] for key, paths in found[False].items() if len(paths) == 1}
-    masks = {key: paths[0] for key, paths in found[True].items() if len(paths) == 1}
+    paths = sorted(raw.rglob("*.png"))
+    folders = {path: path.relative_to(raw).parent.parts for path in paths}
+    shared = _shared_length(list(folders.values()))
+    found: dict[str, dict[bool, list[Path]]] = defaultdict(lambda: {True: [], False: []})
+    for path in paths:
+        place = [f for f in folders[path][shared:] if f.lower() not in IMAGE_FOLDERS and "masks" not in f.lower()]
+        found["/".join([*place, path.stem])][_is_mask(folders[path])].append(path)
+    images, masks = {}, {}
+    for key, kinds in found.items():
+        if len(kinds[False]) > 1 or len(kinds[True]) > 1:
+            files = tuple(relative(raw, p) for p in kinds[False] + kinds[True])
+            yield Item(key, files, problem="several images or masks have this name in this place of the tree")
+            continue
+        if kinds[False]:
+            images[key] = kinds[False][0]
+        if kinds[True]:
+            masks[key] = kinds[True][0]
     for key, files, problem in pair_files(raw, images, masks):
         yield Item(key, files, problem=problem)
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from us43d.converters.base import Item, Sample, find_folder, pair_files
+from us43d.converters.base import Item, Sample, find_optional_folder, pair_files
 from us43d.converters.readers import connected_components, iter_slices, read_volume, to_storable
 from us43d.converters.volumes import slice_fields_of_view
 from us43d.errors import ConversionError
@@ -23,12 +23,8 @@ PARTS = ("train", "val")
 def list_items(raw: Path, entry: DatasetEntry) -> Iterator[Item]:
     # the challenge's own code says users may split the data into train/ and val/ themselves:
     # a release with train/ only (or a user's val/ alone) is read as it is
-    roots = {}
-    for part in PARTS:
-        try:
-            roots[part] = find_folder(raw, f"{part}/us_images").parent
-        except ConversionError:
-            continue
+    found = {part: find_optional_folder(raw, f"{part}/us_images") for part in PARTS}
+    roots = {part: folder.parent for part, folder in found.items() if folder is not None}
     if not roots:
         raise ConversionError("expected train/us_images or val/us_images in the raw folder", source_file=str(raw))
     for part, root in roots.items():

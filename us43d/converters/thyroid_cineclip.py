@@ -27,10 +27,14 @@ def _open(path: Path):
         raise ConversionError(f"cannot open HDF5 file ({exc})", str(path)) from exc
 
 
-def _clip_ids(values: object) -> np.ndarray:
+def _clip_ids(values: object, path: Path) -> np.ndarray:
     """annot_id as text: bytes (fixed or variable length) decoded, surrounding spaces dropped
-    (readers of the release strip them; padded ids would otherwise split a clip's key)."""
-    return np.array([(v.decode() if isinstance(v, bytes) else str(v)).strip() for v in np.asarray(values).tolist()])
+    (readers of the release strip them; a padded id would otherwise carry its spaces into the
+    clip's key and group)."""
+    try:
+        return np.array([(v.decode() if isinstance(v, bytes) else str(v)).strip() for v in np.asarray(values).tolist()])
+    except UnicodeDecodeError as exc:
+        raise ConversionError(f"annot_id holds bytes that are not text ({exc})", str(path)) from exc
 
 
 def list_items(raw: Path, entry: DatasetEntry) -> Iterator[Item]:
@@ -38,7 +42,7 @@ def list_items(raw: Path, entry: DatasetEntry) -> Iterator[Item]:
     if not files:
         raise ConversionError("expected dataset.hdf5 in the raw folder", str(raw))
     with _open(files[0]) as handle:
-        ids = _clip_ids(handle["annot_id"])
+        ids = _clip_ids(handle["annot_id"], files[0])
     for clip in sorted(set(ids.tolist())):
         rows = np.flatnonzero(ids == clip).tolist()
         yield Item(clip, (relative(raw, files[0]),), group=clip, meta={"rows": rows})
