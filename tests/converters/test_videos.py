@@ -210,3 +210,14 @@ def _frames_of(out: Path, dataset: str) -> dict[int, np.ndarray]:
         for annotation in doc["annotations"]:
             masks[frames[annotation["image_id"]]] = decode(annotation)
     return masks
+
+
+def test_thyroid_cineclip_ids_that_are_not_text_are_refused_naming_the_file(tmp_path: Path) -> None:
+    folder = tmp_path / "raw" / "Thyroid-US-Cineclip"
+    folder.mkdir(parents=True)
+    with h5py.File(folder / "dataset.hdf5", "w") as handle:
+        handle["image"] = np.zeros((1, 8, 8), np.uint8)
+        handle["mask"] = np.zeros((1, 8, 8), np.uint8)
+        handle["annot_id"] = np.array([b"\xff\xfe"])
+    result, found = built_instances(tmp_path / "raw", tmp_path / "out", "Thyroid-US-Cineclip")
+    assert not found and "annot_id holds bytes that are not text" in str(result.errors) and "dataset.hdf5" in str(result.errors)
