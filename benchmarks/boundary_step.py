@@ -76,6 +76,24 @@ class Trainer:
         return time.perf_counter() - started
 
 
+def timed_growth() -> list[float | None]:
+    """Times the trainer's click growth (train.grown_clicks) from now on: seconds per call that
+    grew clicks, None for calls with nothing to grow."""
+    import us43d.training.train as train_module
+
+    seconds: list[float | None] = []
+    grow = train_module.grown_clicks
+
+    def timed(sam, embeddings, batch, images, device):  # noqa: ANN001, ANN202 - the trainer's own signature
+        started = time.perf_counter()
+        grown = grow(sam, embeddings, batch, images, device)
+        seconds.append(time.perf_counter() - started if grown else None)
+        return grown
+
+    train_module.grown_clicks = timed
+    return seconds
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--steps", type=int, default=12, help="steps per mode and round")
@@ -116,6 +134,7 @@ def main() -> None:
         for name, trainer in trainers.items():  # warm-up
             trainer.step(prepared[name][0])
         times: dict[str, list[float]] = {name: [] for name in configs}
+        growth = timed_growth()
         for _ in range(args.rounds):
             for index in range(args.steps):  # the modes step by step, so that load on the machine hits both
                 for name, trainer in trainers.items():
@@ -140,6 +159,11 @@ def main() -> None:
         loader = 100 * (per_sample["boundary"] / per_sample["recipe"] - 1)
         print(f"  training step overhead: {overhead:+.1f} % (goal <= 10 %); without growing clicks: {without_growth:+.1f} %")
         print(f"  sample preparation overhead: {loader:+.1f} % (in the loader's worker processes)")
+        grown = [seconds for seconds in growth if seconds is not None]
+        print(
+            f"  inside the boundary step, growing the clicks took {statistics.median(grown) * 1000:.1f} ms "
+            f"(median of {len(grown)} steps): {100 * statistics.median(grown) / step['recipe']:.1f} % of a recipe step"
+        )
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
