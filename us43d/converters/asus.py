@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from us43d.converters.base import Item, Sample, pair_files, relative
+from us43d.converters.base import Item, Sample, pair_claimed_files, relative
 from us43d.converters.volumes import frames_field_of_view
 from us43d.errors import ConversionError
 from us43d.registry.schema import DatasetEntry
@@ -28,14 +28,8 @@ def list_items(raw: Path, entry: DatasetEntry) -> Iterator[Item]:
             found[suffix].setdefault(path.name.removesuffix(suffix), []).append(path)
         elif not path.name.endswith(EXPORTER_EXTRAS):  # anything else might be a sweep under another name
             yield Item(path.stem, (relative(raw, path),), problem=f"an array named neither q<NNN>{IMAGE} nor q<NNN>{MASK}")
-    clashes = {key for kind in found.values() for key, paths in kind.items() if len(paths) > 1}
-    for key in sorted(clashes):
-        paths = found[IMAGE].get(key, []) + found[MASK].get(key, [])
-        yield Item(key, tuple(relative(raw, p) for p in paths), problem="several sweeps or masks have this name")
-    images = {key: paths[0] for key, paths in found[IMAGE].items() if key not in clashes}
-    masks = {key: paths[0] for key, paths in found[MASK].items() if key not in clashes}
-    for key, pair, problem in pair_files(raw, images, masks):
-        yield Item(key, pair, group=key, problem=problem)
+    for key, files, problem in pair_claimed_files(raw, found[IMAGE], found[MASK], "several sweeps or masks have this name"):
+        yield Item(key, files, group=key, problem=problem)
 
 
 def _load(path: Path) -> np.ndarray:

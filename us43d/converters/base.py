@@ -11,7 +11,7 @@ from __future__ import annotations
 import importlib
 import os
 import re
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
@@ -176,6 +176,20 @@ def pair_files(
             yield key, (relative(raw, images[key]),), UNANNOTATED if partly_annotated else "image has no matching mask"
         else:
             yield key, (relative(raw, images[key]), relative(raw, masks[key])), None
+
+
+def pair_claimed_files(
+    raw: Path, images: Mapping[str, Sequence[Path]], masks: Mapping[str, Sequence[Path]], clash: str
+) -> Iterator[tuple[str, tuple[str, ...], str | None]]:
+    """`pair_files` where several files may claim one key: a key with more than one image or
+    more than one mask comes out once, with all its files and the problem `clash`, instead of
+    being paired with whichever file came last."""
+    clashes = sorted(key for key in images.keys() | masks.keys() if len(images.get(key, ())) > 1 or len(masks.get(key, ())) > 1)
+    for key in clashes:
+        yield key, tuple(relative(raw, p) for p in [*images.get(key, ()), *masks.get(key, ())]), clash
+    single_images = {key: paths[0] for key, paths in images.items() if key not in clashes}
+    single_masks = {key: paths[0] for key, paths in masks.items() if key not in clashes}
+    yield from pair_files(raw, single_images, single_masks)
 
 
 UNANNOTATED = "image without annotation in the release"

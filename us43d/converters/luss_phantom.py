@@ -13,7 +13,7 @@ from collections import defaultdict
 from collections.abc import Iterator
 from pathlib import Path
 
-from us43d.converters.base import Item, Sample, label_map_sample, pair_files, relative
+from us43d.converters.base import Item, Sample, label_map_sample, pair_claimed_files
 from us43d.converters.readers import read_image, read_label_map
 from us43d.registry.schema import DatasetEntry
 
@@ -38,21 +38,13 @@ def list_items(raw: Path, entry: DatasetEntry) -> Iterator[Item]:
     paths = sorted(raw.rglob("*.png"))
     folders = {path: path.relative_to(raw).parent.parts for path in paths}
     shared = _shared_length(list(folders.values()))
-    found: dict[str, dict[bool, list[Path]]] = defaultdict(lambda: {True: [], False: []})
+    images: dict[str, list[Path]] = defaultdict(list)
+    masks: dict[str, list[Path]] = defaultdict(list)
     for path in paths:
         place = [f for f in folders[path][shared:] if f.lower() not in IMAGE_FOLDERS and "masks" not in f.lower()]
-        found["/".join([*place, path.stem])][_is_mask(folders[path])].append(path)
-    images, masks = {}, {}
-    for key, kinds in found.items():
-        if len(kinds[False]) > 1 or len(kinds[True]) > 1:
-            files = tuple(relative(raw, p) for p in kinds[False] + kinds[True])
-            yield Item(key, files, problem="several images or masks have this name in this place of the tree")
-            continue
-        if kinds[False]:
-            images[key] = kinds[False][0]
-        if kinds[True]:
-            masks[key] = kinds[True][0]
-    for key, files, problem in pair_files(raw, images, masks):
+        (masks if _is_mask(folders[path]) else images)["/".join([*place, path.stem])].append(path)
+    clash = "several images or masks have this name in this place of the tree"
+    for key, files, problem in pair_claimed_files(raw, images, masks, clash):
         yield Item(key, files, problem=problem)
 
 
